@@ -1,0 +1,120 @@
+"""Foreground intensity samples and nnU-Net v1's statistics over them, bit for bit.
+
+v1 (DatasetAnalyzer.collect_intensity_properties) takes, per case and channel,
+`data[c][seg > 0][::10]` of the cropped float32 array, and computes with numpy 1.x:
+median, mean, sd (population), mn, mx as np.float32 and the 0.5 / 99.5 percentiles as
+np.float64. numpy 2 changed the percentile's type and rounding (NEP 50) and can move the float32
+sd by one ulp, so both are computed here with numpy 1.x's formulas explicitly.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+SAMPLE_STEP = 10  # v1 keeps every 10th foreground voxel, starting at the first
+STAT_KEYS = ("median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")
+
+
+def foreground_sample_positions(seg: np.ndarray) -> np.ndarray:
+    """Flat C-order positions in the cropped (z, y, x) seg of v1's samples: seg > 0, every 10th."""
+    return np.flatnonzero(seg > 0)[::SAMPLE_STEP]
+
+
+def sample_channel(channel: np.ndarray, bbox_slices: tuple[slice, ...], positions: np.ndarray,
+                   cropped_shape: tuple[int, int, int]) -> np.ndarray:
+    """float32 values of one uncropped channel (z, y, x) at flat positions of the cropped array.
+
+    Indexing the uncropped channel avoids copying the crop; the float32 cast is v1's
+    `astype(np.float32)` applied to just the sampled values.
+    """
+    if positions.size == 0:
+        return np.empty(0, dtype=np.float32)
+    zyx = np.unravel_index(positions, cropped_shape)
+    full = tuple(idx + s.start for idx, s in zip(zyx, bbox_slices))
+    return channel[full].astype(np.float32)
+
+
+def percentile_v1(sorted_values: np.ndarray, q: float) -> np.float64:
+    """numpy 1.x `np.percentile(float32_array, q)` (linear method) on an ascending float32 array."""
+    n = sorted_values.shape[0]
+    index = np.float64(n - 1) * (np.float64(q) / 100)
+    below = math.floor(index)
+    lo = sorted_values[below]
+    hi = sorted_values[min(below + 1, n - 1)]
+    g = index - below
+    diff = np.float32(hi - lo)
+    if g >= 0.5:
+        return np.float64(hi) - np.float64(diff) * (1 - g)
+    return np.float64(lo) + np.float64(diff) * g
+
+
+def mean_v1(values: np.ndarray) -> np.float32:
+    """np.mean of a float32 array under numpy 1.x: pairwise float32 sum, divided in float64."""
+    total = np.add.reduce(values, dtype=np.float32)
+    return np.float32(np.float64(total) / values.shape[0])
+
+
+def std_v1(values: np.ndarray) -> np.float32:
+    """np.std (ddof=0) of a float32 array exactly as numpy 1.x's `_var` computes it."""
+    n = values.shape[0]
+    mean = np.add.reduce(values, dtype=np.float32, keepdims=True)
+    mean = (mean.astype(np.float64) / n).astype(np.float32)
+    deviation = values - mean
+    np.multiply(deviation, deviation, out=deviation)
+    total = np.add.reduce(deviation, dtype=np.float32)
+    return np.sqrt(np.float32(np.float64(total) / n))
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """v1's seven statistics. NaN (Python float) everywhere when there were no samples."""
+
+    median: float
+    mean: float
+    sd: float
+    mn: float
+    mx: float
+    percentile_99_5: float
+    percentile_00_5: float
+
+    def as_v1(self) -> OrderedDict:
+        """The values with v1's types: np.float32 x5, np.float64 x2, or Python nan x7."""
+        if math.isnan(self.mx):
+            return OrderedDict((k, float("nan")) for k in STAT_KEYS)
+        return OrderedDict([
+            ("median", np.float32(self.median)), ("mean", np.float32(self.mean)),
+            ("sd", np.float32(self.sd)), ("mn", np.float32(self.mn)), ("mx", np.float32(self.mx)),
+            ("percentile_99_5", np.float64(self.percentile_99_5)),
+            ("percentile_00_5", np.float64(self.percentile_00_5)),
+        ])
+
+
+EMPTY_STATS = IntensityStats(*(math.nan,) * 7)
+
+
+def compute_stats(samples: np.ndarray) -> IntensityStats:
+    """v1's `_compute_stats` on float32 samples (order matters for mean and sd)."""
+    values = np.ascontiguousarray(samples, dtype=np.float32)
+    if values.size == 0:
+        return EMPTY_STATS
+    ordered = np.sort(values)
+    return IntensityStats(
+        median=float(np.median(values)),
+        mean=float(mean_v1(values)),
+        sd=float(std_v1(values)),
+        mn=float(ordered[0]),
+        mx=float(ordered[-1]),
+        percentile_99_5=float(percentile_v1(ordered, 99.5)),
+        percentile_00_5=float(percentile_v1(ordered, 0.5)),
+    )
+
+
+def pooled_stats(per_case_samples: Sequence[np.ndarray]) -> IntensityStats:
+    """v1's global statistics: the cases' samples concatenated in the given (sorted-id) order."""
+    if not per_case_samples:
+        return EMPTY_STATS
+    return compute_stats(np.concatenate([np.asarray(s, dtype=np.float32) for s in per_case_samples]))

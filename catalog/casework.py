@@ -1,0 +1,159 @@
+"""The per-case job an ingest worker runs: read each file once, check it, analyse it.
+
+Runs in worker processes: takes plain data, returns a picklable CaseOutcome, never touches the
+database.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import imageio
+from .analysis.case import CaseAnalysis, EmptyImageError, analyze_case
+from .checks import FindingData, geometry_differences, has_errors, label_value_findings, value_counts
+from .errors import ImageReadError
+from .layout import CaseFiles
+
+
+@dataclass(frozen=True)
+class InputFile:
+    role: str  # image | label
+    channel: int  # -1 for the label
+    path: str  # relative to the task root
+    size_bytes: int
+    mtime_ns: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class CaseJob:
+    root: str
+    case: CaseFiles
+    class_values: tuple[int, ...]
+    # sha256 per relative path from the catalog; when every file still hashes the same, the
+    # case is reported unchanged without decoding (a `touch` or a copy with new mtimes).
+    known_sha256: dict[str, str] | None = None
+    max_image_bytes: int | None = imageio.DEFAULT_MAX_IMAGE_BYTES
+
+
+@dataclass
+class CaseOutcome:
+    identifier: str
+    files: list[InputFile] = field(default_factory=list)
+    findings: list[FindingData] = field(default_factory=list)
+    geometry: dict | None = None  # of channel 0: ITK (x, y, z) size, spacing, origin, direction
+    analysis: CaseAnalysis | None = None
+    unchanged: bool = False  # content identical to the catalog's: nothing analysed
+    read_seconds: float = 0.0
+    analysis_seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        return has_errors(self.findings)
+
+
+def _relative_files(case: CaseFiles) -> list[tuple[str, int, str]]:
+    return [("image", c, p) for c, p in enumerate(case.images)] + [("label", -1, case.label)]
+
+
+def run_case(job: CaseJob) -> CaseOutcome:
+    """Check and analyse one case. Never raises for bad data: problems become findings."""
+    case = job.case
+    outcome = CaseOutcome(case.identifier)
+    try:
+        _run(job, outcome)
+    except ImageReadError as exc:
+        outcome.findings.append(FindingData(exc.check, str(exc), case.identifier, exc.path))
+        outcome.analysis = None
+    return outcome
+
+
+def _run(job: CaseJob, outcome: CaseOutcome) -> None:
+    case = job.case
+    files = _relative_files(case)
+    started = time.perf_counter()
+    missing = [rel for _, _, rel in files if not os.path.isfile(f"{job.root}/{rel}")]
+    for rel in missing:
+        outcome.findings.append(FindingData("missing_file", f"{job.root}/{rel}: listed in dataset.json "
+                                            "but does not exist", case.identifier, rel))
+    if missing:
+        return
+
+    if job.known_sha256 is not None:
+        prints = [imageio.fingerprint_file(f"{job.root}/{rel}") for _, _, rel in files]
+        if all(job.known_sha256.get(rel) == fp.sha256 for (_, _, rel), fp in zip(files, prints)):
+            outcome.files = [InputFile(role, ch, rel, fp.size_bytes, fp.mtime_ns, fp.sha256)
+                             for (role, ch, rel), fp in zip(files, prints)]
+            outcome.unchanged = True
+            outcome.read_seconds = time.perf_counter() - started
+            return
+
+    loaded = {}
+    for role, channel, rel in files:
+        image = imageio.read_image(f"{job.root}/{rel}", max_bytes=job.max_image_bytes)
+        fp = image.fingerprint
+        outcome.files.append(InputFile(role, channel, rel, fp.size_bytes, fp.mtime_ns, fp.sha256))
+        loaded[(role, channel)] = image
+    outcome.read_seconds = time.perf_counter() - started
+
+    findings = outcome.findings
+    for (role, channel), image in loaded.items():
+        path = image.header.path
+        if image.header.ndim != 3:
+            findings.append(FindingData("not_3d", f"{path}: expected a 3D image, found {image.header.ndim}D "
+                                        f"with size {tuple(image.header.size)} (x, y, z, ...)", case.identifier, path))
+        if image.header.components != 1:
+            findings.append(FindingData("not_scalar", f"{path}: expected one value per voxel, found "
+                                        f"{image.header.components} components", case.identifier, path))
+        if role == "image" and image.nonfinite_count:
+            findings.append(FindingData("nonfinite_voxels", f"{path}: {image.nonfinite_count} NaN/Inf voxels "
+                                        "(expected none)", case.identifier, path))
+    if findings:
+        return
+
+    reference = loaded[("image", 0)].header
+    outcome.geometry = _geometry(reference)
+    for (role, channel), image in loaded.items():
+        if (role, channel) == ("image", 0):
+            continue
+        for problem in geometry_differences(outcome.geometry, _geometry(image.header)):
+            findings.append(FindingData("geometry_mismatch", f"{image.header.path}: {problem} of "
+                                        f"{reference.path}", case.identifier, image.header.path))
+    label_image = loaded[("label", -1)]
+    values, counts = value_counts(label_image.array)
+    findings.extend(label_value_findings(values, set(job.class_values) | {0}, label_image.header.path,
+                                         case.identifier))
+    if has_errors(findings):
+        return
+
+    label = label_image.array
+    if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
+        label = label.astype(np.int16)  # whole, declared values (checked above)
+    channels = [loaded[("image", c)].array for c in range(len(case.images))]
+    started = time.perf_counter()
+    try:
+        outcome.analysis = analyze_case(channels, label, job.class_values)
+    except EmptyImageError:
+        findings.append(FindingData("empty_image", f"{reference.path}: every voxel of every channel is 0, "
+                                    "there is no nonzero region to crop to", case.identifier, reference.path))
+        return
+    outcome.analysis_seconds = time.perf_counter() - started
+
+    label_foreground = int(counts[values > 0].sum())
+    kept = outcome.analysis.regions.foreground_voxels
+    if label_foreground == 0:
+        findings.append(FindingData("no_foreground", f"{label_image.header.path}: the label has no foreground "
+                                    "voxel (only 0)", case.identifier, label_image.header.path))
+    elif kept < label_foreground:
+        findings.append(FindingData(
+            "label_outside_crop", f"{label_image.header.path}: {label_foreground - kept} of {label_foreground} "
+            "labelled voxels lie outside the nonzero bounding box and are dropped (as nnU-Net v1 does)",
+            case.identifier, label_image.header.path))
+
+
+def _geometry(header) -> dict:
+    return {"size": list(header.size), "spacing": list(header.spacing), "origin": list(header.origin),
+            "direction": list(header.direction)}

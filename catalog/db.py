@@ -1,0 +1,138 @@
+"""Database URL resolution, engines, sessions and schema migrations (Alembic, run in-process)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import dialect
+from .errors import CatalogError, SchemaOutOfDateError
+
+DEFAULT_URL = "sqlite:///catalog.db"
+ENV_VAR = "CATALOG_DB"
+
+
+def resolve_url(url: str | None = None) -> str:
+    """`--db URL`, else $CATALOG_DB, else sqlite:///catalog.db in the current folder."""
+    return url or os.environ.get(ENV_VAR) or DEFAULT_URL
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # a malformed URL: show it as given
+        return url
+
+
+def make_engine(url: str | None = None, *, read_only: bool = False, upgrade: bool = True) -> Engine:
+    """An engine for `url` with the backend's settings, its schema upgraded to head first."""
+    url = resolve_url(url)
+    try:
+        engine = create_engine(url, **dialect.engine_options(url))
+    except ModuleNotFoundError as exc:
+        raise CatalogError(
+            f"the database driver for {redact(url)} is not installed ({exc.name}); "
+            "for PostgreSQL install the extra: pip install 'catalog[postgres]'") from exc
+    except Exception as exc:
+        raise CatalogError(f"invalid database URL {redact(url)}: {exc}") from exc
+    dialect.configure_engine(engine, read_only=read_only)
+    if upgrade and not read_only:
+        upgrade_schema(engine)
+    elif upgrade:
+        check_schema(engine)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    # expire_on_commit=False: objects stay readable after a per-case commit.
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One transaction: commit on success, roll back on any error."""
+    session = Session(engine, expire_on_commit=False)
+    try:
+        yield session
+        session.commit()
+    except SQLAlchemyError as exc:
+        session.rollback()
+        raise CatalogError(f"database error on {redact(str(engine.url))}: {exc.__class__.__name__}: "
+                           f"{str(exc).splitlines()[0]}") from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# ---- migrations ---------------------------------------------------------------------------------
+
+def migrations_dir() -> Path:
+    """Folder of the Alembic scripts: the repository's migrations/, shipped as catalog.migrations."""
+    from . import migrations  # noqa: PLC0415  (package data, mapped in pyproject.toml)
+
+    return Path(migrations.__file__).parent
+
+
+def alembic_config(connection=None):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise if the database is at a revision this catalog does not know (a newer catalog wrote it)."""
+    from alembic.script import ScriptDirectory
+
+    current = current_revision(engine)
+    if current is None:
+        raise CatalogError(f"{redact(str(engine.url))} holds no catalog yet: run `catalog db upgrade` or an ingest first")
+    script = ScriptDirectory.from_config(alembic_config())
+    try:
+        script.get_revision(current)
+    except Exception as exc:
+        raise SchemaOutOfDateError(
+            f"the catalog database is at schema revision {current}, which this catalog does not know; "
+            "it was written by a newer catalog: upgrade catalog (pip install -U catalog)") from exc
+
+
+def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade the schema to head (no-op when current). Returns (before, after) revisions."""
+    from alembic import command
+
+    head = head_revision()
+    before = current_revision(engine)
+    if before == head:
+        return before, head
+    if before is not None:
+        check_schema(engine)
+    with engine.begin() as conn:
+        dialect.lock_migrations(conn)
+        command.upgrade(alembic_config(conn), "head")
+    return before, head

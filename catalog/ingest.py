@@ -1,0 +1,466 @@
+"""`catalog ingest`: bring a task's rows in the catalog up to date with its folder.
+
+Flow: parse dataset.json -> sync the task and case rows -> decide per case from file size and
+mtime (and, when those moved, the content hash) whether it needs analysis -> claim each case in
+the database (a lease other workers respect, also across machines) -> analyse in worker
+processes -> store each case's rows in one transaction -> record the run.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import hashlib
+import multiprocessing
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from sqlalchemy import Engine, delete, select
+
+from . import __version__, dialect
+from .analysis.case import ANALYSIS_VERSION
+from .casework import CaseJob, CaseOutcome, run_case
+from .checks import ERROR, FindingData
+from .db import session_scope
+from .imageio import DEFAULT_MAX_IMAGE_BYTES, stat_file
+from .layout import CaseFiles, TaskLayout, read_layout
+from .models import (
+    Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, Finding, IngestRun, Task, TaskChannel,
+    TaskLabel, utcnow,
+)
+
+DEFAULT_LEASE_SECONDS = 120.0
+
+
+@dataclass
+class Progress:
+    """What a progress display needs; passed to the callback after every case."""
+
+    total: int
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    last_case: str = ""
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+@dataclass
+class IngestSummary:
+    task: str
+    run_id: int | None
+    cases_listed: int
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    removed: int = 0
+    elsewhere: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    findings: list[FindingData] = field(default_factory=list)  # found by this run
+    case_seconds: list[float] = field(default_factory=list)  # analysed cases: read + analysis
+    read_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def findings_by_check(self) -> Counter:
+        return Counter(f.check for f in self.findings)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for f in self.findings if f.severity == ERROR)
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for f in self.findings if f.severity == "warning")
+
+
+@dataclass
+class _Planned:
+    case_id: int
+    files: CaseFiles
+    kind: str  # new | changed
+    stats: dict[str, tuple[int, int]]  # relative path -> (size, mtime_ns) seen when planning
+    known_sha256: dict[str, str] | None
+    seen_run_id: int | None  # the run that last stored the case, when we planned it
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: bool = False,
+                update_root: bool = False, max_image_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES,
+                lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                progress: Callable[[Progress], None] | None = None) -> IngestSummary:
+    """Ingest one task folder into the catalog behind `engine`; see the module docstring.
+
+    Safe to run from several processes or machines at once on the same task: each case is
+    analysed by one of them. A worker on another machine may see the task under another path;
+    the catalog keeps the path of the first ingest (`update_root=True` replaces it).
+    """
+    started = time.monotonic()
+    layout = read_layout(task_dir)
+    workers = workers or default_workers()
+    worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    task_id, run_id, force_all = _sync_task(engine, layout, update_root, workers, force)
+    summary = IngestSummary(layout.name, run_id, len(layout.cases))
+    summary.findings.extend(layout.findings)
+    plan = _plan(engine, layout, task_id, run_id, force or force_all, summary)
+    runner = _Runner(engine, layout, run_id, worker_name, workers, max_image_bytes, lease_seconds,
+                     summary, progress)
+    try:
+        runner.run(plan)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        runner.abandon()
+        raise
+    finally:
+        summary.seconds = time.monotonic() - started
+        _finish_run(engine, run_id, summary)
+    return summary
+
+
+# ---- task and case rows -----------------------------------------------------------------------
+
+def _sync_task(engine: Engine, layout: TaskLayout, update_root: bool, workers: int,
+               force: bool) -> tuple[int, int, bool]:
+    """Upsert the task row and its channels/labels; open an ingest run. Returns
+    (task id, run id, whether every case must be re-analysed because the labels changed)."""
+    with session_scope(engine) as session:
+        task = session.scalar(select(Task).where(Task.name == layout.name))
+        labels_changed = False
+        if task is None:
+            task = Task(name=layout.name, root_path=layout.root, dataset_json=layout.dataset_json_text,
+                        num_channels=len(layout.modalities))
+            session.add(task)
+        else:
+            old = ([(c.channel, c.name) for c in task.channels], [(l.value, l.name) for l in task.labels])
+            new = (list(layout.modalities.items()), list(layout.labels.items()))
+            labels_changed = old[0] != new[0] or [v for v, _ in old[1]] != [v for v, _ in new[1]]
+            task.dataset_json = layout.dataset_json_text
+            task.num_channels = len(layout.modalities)
+            if update_root:
+                task.root_path = layout.root
+            task.channels.clear()
+            task.labels.clear()
+            session.flush()
+        task.channels.extend(TaskChannel(channel=c, name=n) for c, n in layout.modalities.items())
+        task.labels.extend(TaskLabel(value=v, position=i, name=n) for i, (v, n) in enumerate(layout.labels.items()))
+        session.flush()
+        run = IngestRun(task_id=task.id, catalog_version=__version__, analysis_version=ANALYSIS_VERSION,
+                        host=socket.gethostname(), pid=os.getpid(),
+                        parameters={"task_dir": layout.root, "workers": workers, "force": force})
+        session.add(run)
+        # Task-level findings describe the folder as it is now: replace them.
+        session.execute(delete(Finding).where(Finding.task_id == task.id, Finding.case_identifier.is_(None)))
+        session.flush()
+        return task.id, run.id, labels_changed
+
+
+def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: bool,
+          summary: IngestSummary) -> list[_Planned]:
+    """Create rows for new cases, mark unlisted ones removed, and pick the cases to analyse."""
+    listing_errors: dict[str, list[FindingData]] = {}
+    for finding in layout.findings:
+        if finding.case is not None:
+            listing_errors.setdefault(finding.case, []).append(finding)
+    plan: list[_Planned] = []
+    with session_scope(engine) as session:
+        cases = {c.identifier: c for c in session.scalars(select(Case).where(Case.task_id == task_id))}
+        stored_files: dict[int, dict[str, CaseFile]] = {}
+        for f in session.scalars(select(CaseFile).join(Case).where(Case.task_id == task_id)):
+            stored_files.setdefault(f.case_id, {})[f.path] = f
+        for finding in layout.findings:
+            _add_finding(session, task_id, run_id, finding)
+
+        listed = set()
+        for files in sorted(layout.cases, key=lambda c: c.identifier):
+            listed.add(files.identifier)
+            case = cases.get(files.identifier)
+            if case is None:
+                case = Case(task_id=task_id, identifier=files.identifier, status="pending")
+                session.add(case)
+            case.listed_position = files.position
+            case.image_paths = list(files.images)
+            case.label_path = files.label
+            if case.status == "removed":
+                case.status = "pending" if case.analysis_version is None else "stale"
+            session.flush()
+            errors = [f for f in listing_errors.get(files.identifier, []) if f.severity == ERROR]
+            if errors:
+                _mark_failed(session, case, run_id)
+                summary.failed += 1
+                continue
+            stats = _stat_all(layout, files)
+            known = stored_files.get(case.id, {})
+            current = case.status == "ok" and case.analysis_version == ANALYSIS_VERSION
+            if not force and current and stats is not None and all(
+                    rel in known and (known[rel].size_bytes, known[rel].mtime_ns) == st for rel, st in stats.items()):
+                summary.unchanged += 1
+                continue
+            kind = "new" if case.analysis_version is None else "changed"
+            known_sha = ({rel: f.sha256 for rel, f in known.items()} if current and not force and known else None)
+            plan.append(_Planned(case.id, files, kind, stats or {}, known_sha, case.ingest_run_id))
+
+        for identifier, case in cases.items():
+            if identifier not in listed and case.status != "removed":
+                case.status = "removed"
+                summary.removed += 1
+    return plan
+
+
+def _stat_all(layout: TaskLayout, files: CaseFiles) -> dict[str, tuple[int, int]] | None:
+    stats = {}
+    for rel in (*files.images, files.label):
+        try:
+            stats[rel] = stat_file(layout.abspath(rel))
+        except Exception:
+            return None
+    return stats
+
+
+def _add_finding(session, task_id: int, run_id: int, finding: FindingData) -> None:
+    session.add(Finding(task_id=task_id, case_identifier=finding.case, ingest_run_id=run_id,
+                        check=finding.check, severity=finding.severity, path=finding.path,
+                        message=finding.message))
+
+
+def _mark_failed(session, case: Case, run_id: int) -> None:
+    """Errors now: keep rows from an earlier good analysis (stale), else failed."""
+    case.status = "stale" if case.analysis_version is not None else "failed"
+    case.ingest_run_id = run_id
+
+
+# ---- running and storing ------------------------------------------------------------------------
+
+class _Runner:
+    """Claims planned cases, runs them in a process pool, stores results as they arrive."""
+
+    def __init__(self, engine, layout, run_id, worker_name, workers, max_image_bytes, lease_seconds,
+                 summary, progress):
+        self.engine, self.layout, self.run_id = engine, layout, run_id
+        self.worker, self.workers = worker_name, workers
+        self.max_image_bytes, self.lease = max_image_bytes, lease_seconds
+        self.summary, self.progress_cb = summary, progress
+        self.class_values = tuple(layout.class_values)
+        self.in_flight: dict[cf.Future, _Planned] = {}
+        self.pool: cf.ProcessPoolExecutor | None = None
+
+    def run(self, plan: list[_Planned]) -> None:
+        self.progress = Progress(total=len(plan))
+        waiting = list(plan)  # not yet claimed by us
+        busy_since: dict[int, float] = {}
+        if self.workers > 1 and len(plan) > 1:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["catalog.casework"])
+            self.pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(plan)), mp_context=context)
+        try:
+            while waiting or self.in_flight:
+                skipped = []
+                while waiting and len(self.in_flight) < self.workers:
+                    item = waiting.pop(0)
+                    verdict = self._claim(item)
+                    if verdict == "claimed":
+                        self._start(item)
+                    elif verdict == "busy":
+                        busy_since.setdefault(item.case_id, time.monotonic())
+                        skipped.append(item)
+                    else:  # done by another worker meanwhile
+                        self._count_elsewhere(item)
+                if self.in_flight:
+                    self._collect(timeout=min(5.0, self.lease / 4))
+                elif skipped:
+                    time.sleep(min(2.0, self.lease / 10))  # other workers hold these: wait for them
+                waiting = skipped + waiting
+                self._renew()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _start(self, item: _Planned) -> None:
+        job = CaseJob(self.layout.root, item.files, self.class_values, item.known_sha256, self.max_image_bytes)
+        if self.pool is None:
+            future: cf.Future = cf.Future()
+            try:
+                future.set_result(run_case(job))
+            except Exception as exc:  # noqa: BLE001 - reported as a finding below
+                future.set_exception(exc)
+        else:
+            future = self.pool.submit(run_case, job)
+        self.in_flight[future] = item
+
+    def _collect(self, timeout: float) -> None:
+        done, _ = cf.wait(list(self.in_flight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        for future in done:
+            item = self.in_flight.pop(future)
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a bug or a crashed worker: record it, keep going
+                outcome = CaseOutcome(item.files.identifier)
+                outcome.findings.append(FindingData("unreadable_file", f"analysis of case {item.files.identifier!r} "
+                                                    f"failed: {exc.__class__.__name__}: {exc}", item.files.identifier))
+            self._store(item, outcome)
+
+    def _claim(self, item: _Planned) -> str:
+        """Take the case's lease: 'claimed', 'busy' (another live worker has it) or 'done'."""
+        with session_scope(self.engine) as session:
+            case = session.scalar(dialect.lock_for_claim(select(Case).where(Case.id == item.case_id)))
+            if case is None:
+                return "busy"  # row locked by a worker claiming it right now (PostgreSQL)
+            now = dialect.epoch_now(session.connection())
+            claim = session.get(CaseClaim, item.case_id)
+            if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now:
+                return "busy"
+            if self._already_current(session, case, item):
+                if claim is not None and claim.worker == self.worker:
+                    session.delete(claim)
+                return "done"
+            if claim is None:
+                session.add(CaseClaim(case_id=item.case_id, worker=self.worker, ingest_run_id=self.run_id,
+                                      claimed_at=now, lease_expires_at=now + self.lease))
+            else:  # ours already, or an expired lease of a worker that died: take it over
+                claim.worker, claim.ingest_run_id = self.worker, self.run_id
+                claim.claimed_at, claim.lease_expires_at = now, now + self.lease
+            return "claimed"
+
+    def _already_current(self, session, case: Case, item: _Planned) -> bool:
+        """Another worker stored this case since we planned it (it read the same folder)."""
+        return case.ingest_run_id not in (item.seen_run_id, self.run_id)
+
+    def _renew(self) -> None:
+        if not self.in_flight:
+            return
+        ids = [item.case_id for item in self.in_flight.values()]
+        with session_scope(self.engine) as session:
+            now = dialect.epoch_now(session.connection())
+            for claim in session.scalars(select(CaseClaim).where(CaseClaim.case_id.in_(ids),
+                                                                 CaseClaim.worker == self.worker)):
+                claim.lease_expires_at = now + self.lease
+
+    def abandon(self) -> None:
+        """Ctrl-C: drop unfinished work and our claims; finished cases stay committed."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        with session_scope(self.engine) as session:
+            session.execute(delete(CaseClaim).where(CaseClaim.worker == self.worker))
+
+    def _count_elsewhere(self, item: _Planned) -> None:
+        self.summary.elsewhere += 1
+        self._tick(item, failed=False)
+
+    def _tick(self, item: _Planned, failed: bool) -> None:
+        self.progress.done += 1
+        self.progress.failed += int(failed)
+        self.progress.last_case = item.files.identifier
+        if self.progress_cb:
+            self.progress_cb(self.progress)
+
+    def _store(self, item: _Planned, outcome: CaseOutcome) -> None:
+        summary = self.summary
+        with session_scope(self.engine) as session:
+            claim = session.get(CaseClaim, item.case_id)
+            if claim is None or claim.worker != self.worker:
+                # Our lease expired and another worker took the case over: its result wins.
+                summary.elsewhere += 1
+                self._tick(item, failed=False)
+                return
+            case = session.get(Case, item.case_id)
+            session.execute(delete(Finding).where(Finding.task_id == case.task_id,
+                                                  Finding.case_identifier == case.identifier))
+            for finding in outcome.findings:
+                _add_finding(session, case.task_id, self.run_id, finding)
+            if outcome.failed:
+                _mark_failed(session, case, self.run_id)
+                summary.failed += 1
+            elif outcome.unchanged:
+                _replace_files(session, case, outcome)  # same content, new mtimes
+                summary.unchanged += 1
+            else:
+                _store_analysis(session, case, outcome, self.run_id, self.class_values)
+                summary.new += item.kind == "new"
+                summary.changed += item.kind == "changed"
+                summary.case_seconds.append(outcome.read_seconds + outcome.analysis_seconds)
+                summary.read_seconds.append(outcome.read_seconds)
+            session.delete(claim)
+        summary.findings.extend(outcome.findings)
+        self._tick(item, failed=outcome.failed)
+
+
+def _replace_files(session, case: Case, outcome: CaseOutcome) -> None:
+    session.execute(delete(CaseFile).where(CaseFile.case_id == case.id))
+    session.add_all(CaseFile(case_id=case.id, role=f.role, channel=f.channel, path=f.path,
+                             size_bytes=f.size_bytes, mtime_ns=f.mtime_ns, sha256=f.sha256) for f in outcome.files)
+
+
+def input_digest(files) -> str:
+    """sha256 over the case's file hashes, in a fixed order (channels, then the label)."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda f: (f.role != "image", f.channel)):
+        h.update(f"{f.role}:{f.channel}:{f.sha256}\n".encode())
+    return h.hexdigest()
+
+
+def _store_analysis(session, case: Case, outcome: CaseOutcome, run_id: int, class_values) -> None:
+    """Replace every analysis row of the case with the new outcome (one transaction)."""
+    a = outcome.analysis
+    g = outcome.geometry
+    for model in (CaseClass, CaseRegion, CaseChannel):
+        session.execute(delete(model).where(model.case_id == case.id))
+    _replace_files(session, case, outcome)
+
+    spacing_xyz = [float(v) for v in g["spacing"]]
+    voxel_volume = float(np.prod(spacing_xyz))  # v1: np.prod(itk_spacing), (x*y)*z
+    case.status = "ok"
+    case.analysis_version = ANALYSIS_VERSION
+    case.input_digest = input_digest(outcome.files)
+    case.ingest_run_id = run_id
+    case.analyzed_at = utcnow()
+    case.analysis_seconds = outcome.analysis_seconds
+    case.read_seconds = outcome.read_seconds
+    case.original_size_x, case.original_size_y, case.original_size_z = (int(v) for v in g["size"])
+    case.spacing_x, case.spacing_y, case.spacing_z = spacing_xyz
+    case.itk_spacing = spacing_xyz
+    case.itk_origin = [float(v) for v in g["origin"]]
+    case.itk_direction = [float(v) for v in g["direction"]]
+    case.voxel_volume_mm3 = voxel_volume
+    (case.bbox_z0, case.bbox_z1), (case.bbox_y0, case.bbox_y1), (case.bbox_x0, case.bbox_x1) = a.bbox
+    case.cropped_size_z, case.cropped_size_y, case.cropped_size_x = a.cropped_shape
+    case.nonzero_voxels = a.nonzero_voxels
+    case.foreground_voxels = a.regions.foreground_voxels
+    case.seg_values = list(a.seg_values)
+    case.all_classes_num_regions = a.regions.all_classes_num_regions
+    case.all_classes_one_region = a.regions.all_classes_num_regions == 1
+
+    session.add_all(CaseClass(case_id=case.id, class_value=c.value, voxel_count=c.voxel_count,
+                              volume_mm3=c.voxel_count * voxel_volume, num_regions=c.num_regions,
+                              one_region=c.num_regions == 1) for c in a.regions.classes)
+    session.add_all(CaseRegion(case_id=case.id, class_value=c.value, region_index=i, voxel_count=n,
+                               volume_mm3=n * voxel_volume)
+                    for c in a.regions.classes for i, n in enumerate(c.region_voxel_counts))
+    session.add_all(CaseChannel(
+        case_id=case.id, channel=index, sample_count=int(ch.samples.size),
+        samples=ch.samples.astype("<f4").tobytes(),
+        **{k: dialect.store_float(getattr(ch.stats, k)) for k in
+           ("median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")})
+        for index, ch in enumerate(a.channels))
+
+
+def _finish_run(engine: Engine, run_id: int, summary: IngestSummary) -> None:
+    with session_scope(engine) as session:
+        run = session.get(IngestRun, run_id)
+        run.finished_at = utcnow()
+        run.status = "interrupted" if summary.interrupted else "finished"
+        run.n_new, run.n_changed, run.n_unchanged = summary.new, summary.changed, summary.unchanged
+        run.n_failed, run.n_removed, run.n_elsewhere = summary.failed, summary.removed, summary.elsewhere
