@@ -39,6 +39,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     "empty_image": (ERROR, "every voxel of every channel is 0: nothing to crop to (nnU-Net v1 crashes)"),
     "no_foreground": (WARNING, "the label has no foreground voxel"),
     "label_outside_crop": (WARNING, "labelled voxels lie outside the nonzero bounding box; nnU-Net v1 drops them"),
+    "analysis_failed": (ERROR, "the analysis raised an unexpected error (a catalog bug: please report it)"),
     "mask_like_label": (HINT, "label values look like a 0/255 mask; map 255 to 1 before training"),
 }
 

@@ -72,6 +72,7 @@ class IngestSummary:
     findings: list[FindingData] = field(default_factory=list)  # found by this run
     case_seconds: list[float] = field(default_factory=list)  # analysed cases: read + analysis
     read_seconds: list[float] = field(default_factory=list)
+    db_seconds: float = 0.0  # spent in claim/store/renew transactions by this process
 
     @property
     def findings_by_check(self) -> Counter:
@@ -271,7 +272,9 @@ class _Runner:
                 skipped = []
                 while waiting and len(self.in_flight) < self.workers:
                     item = waiting.pop(0)
+                    t0 = time.perf_counter()
                     verdict = self._claim(item)
+                    self.summary.db_seconds += time.perf_counter() - t0
                     if verdict == "claimed":
                         self._start(item)
                     elif verdict == "busy":
@@ -284,7 +287,9 @@ class _Runner:
                 elif skipped:
                     time.sleep(min(2.0, self.lease / 10))  # other workers hold these: wait for them
                 waiting = skipped + waiting
+                t0 = time.perf_counter()
                 self._renew()
+                self.summary.db_seconds += time.perf_counter() - t0
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
@@ -309,9 +314,11 @@ class _Runner:
                 outcome = future.result()
             except Exception as exc:  # a bug or a crashed worker: record it, keep going
                 outcome = CaseOutcome(item.files.identifier)
-                outcome.findings.append(FindingData("unreadable_file", f"analysis of case {item.files.identifier!r} "
+                outcome.findings.append(FindingData("analysis_failed", f"analysis of case {item.files.identifier!r} "
                                                     f"failed: {exc.__class__.__name__}: {exc}", item.files.identifier))
+            t0 = time.perf_counter()
             self._store(item, outcome)
+            self.summary.db_seconds += time.perf_counter() - t0
 
     def _claim(self, item: _Planned) -> str:
         """Take the case's lease: 'claimed', 'busy' (another live worker has it) or 'done'."""

@@ -1,0 +1,101 @@
+"""Shared fixtures: a database URL on every backend, and small generated tasks.
+
+Every test that takes `db_url` runs twice: on a fresh SQLite file and on a fresh PostgreSQL
+database (created on the local server, dropped afterwards). Set CATALOG_TEST_PG to another
+server's URL (a database the tests may create databases from); the PostgreSQL runs fail, not
+skip, when the server is unreachable, so CI cannot pass without them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN_URL = os.environ.get("CATALOG_TEST_PG", "postgresql://127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=10)
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty PostgreSQL database for one test (SQLAlchemy URL)."""
+    name = f"catalog_test_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    yield url.render_as_string(hide_password=False)
+    from sqlalchemy import create_engine  # noqa: F401  (engines are disposed by the tests)
+
+    with _pg_admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def engine(db_url):
+    from catalog.db import make_engine
+
+    engine = make_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+# ---- generated tasks (built once per session, copied per test so tests may modify them) -------
+
+@pytest.fixture(scope="session")
+def task_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tasks")
+
+
+def _cached_task(cache: Path, kind: str, task_id: int, **kwargs) -> Path:
+    from catalog.synthetic import make_task
+
+    marker = cache / f"{kind}-{task_id}-{sorted(kwargs.items())}".replace(" ", "")
+    if not marker.exists():
+        marker.mkdir()
+        make_task(marker / "nnUNet_raw_data", kind, task_id=task_id, **kwargs)
+    return next((marker / "nnUNet_raw_data").iterdir())
+
+
+@pytest.fixture
+def make_raw_task(task_cache, tmp_path):
+    """make_raw_task(kind, task_id=..., **make_task kwargs) -> a private copy of a generated task
+    at tmp_path/raw/nnUNet_raw_data/TaskNNN_Name."""
+    def make(kind: str = "ct", task_id: int = 501, **kwargs) -> Path:
+        source = _cached_task(task_cache, kind, task_id, **kwargs)
+        target = tmp_path / "raw" / "nnUNet_raw_data" / source.name
+        shutil.copytree(source, target)
+        return target
+
+    return make
+
+
+@pytest.fixture
+def ct_task(make_raw_task) -> Path:
+    return make_raw_task("ct", 501)
+
+
+@pytest.fixture
+def mr_task(make_raw_task) -> Path:
+    return make_raw_task("mr", 502)
