@@ -328,7 +328,8 @@ class _Runner:
                 return "busy"  # row locked by a worker claiming it right now (PostgreSQL)
             now = dialect.epoch_now(session.connection())
             claim = session.get(CaseClaim, item.case_id)
-            if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now:
+            if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now \
+                    and not _worker_is_dead(claim.worker):
                 return "busy"
             if self._already_current(session, case, item):
                 if claim is not None and claim.worker == self.worker:
@@ -403,6 +404,22 @@ class _Runner:
             session.delete(claim)
         summary.findings.extend(outcome.findings)
         self._tick(item, failed=outcome.failed)
+
+
+def _worker_is_dead(worker: str) -> bool:
+    """A claim of a process on this host that no longer runs (killed): no need to wait for its
+    lease. Claims of other hosts can only expire."""
+    host, _, rest = worker.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _replace_files(session, case: Case, outcome: CaseOutcome) -> None:

@@ -1,0 +1,151 @@
+"""The pure analysis functions against the straightforward implementations nnU-Net v1 uses
+(np.where bounding box, scipy binary_fill_holes, skimage label class by class, numpy stats)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import label as sk_label
+
+from catalog.analysis.case import analyze_case
+from catalog.analysis.crop import bounding_box, crop_mask, crop_seg, fill_holes_in_box, nonzero_mask
+from catalog.analysis.intensity import compute_stats, mean_v1, percentile_v1, pooled_stats, std_v1
+from catalog.analysis.regions import analyze_regions
+
+
+def v1_bbox(mask):
+    """nnU-Net v1's get_bbox_from_mask."""
+    idx = np.where(mask != 0)
+    return tuple((int(np.min(i)), int(np.max(i)) + 1) for i in idx)
+
+
+def random_volume(rng, shape=(14, 17, 19), density=0.5, blobs=True):
+    vol = (rng.random(shape) < density).astype(np.uint8)
+    if blobs:
+        vol = ndimage.binary_opening(vol).astype(np.uint8)
+    return vol
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bbox_and_hole_filling_match_v1(seed):
+    rng = np.random.default_rng(seed)
+    shape = (rng.integers(5, 20), rng.integers(5, 20), rng.integers(5, 20))
+    channel = np.zeros(shape, np.int16)
+    inner = tuple(slice(rng.integers(0, 3), s - rng.integers(0, 3)) for s in shape)
+    channel[inner] = rng.integers(-2, 3, size=channel[inner].shape)  # many exact zeros inside
+    mask = nonzero_mask([channel])
+    if not mask.any():
+        assert crop_mask([channel]) is None
+        return
+    assert bounding_box(mask) == v1_bbox(mask)
+    filled_v1 = ndimage.binary_fill_holes(mask)
+    bbox, filled = crop_mask([channel])
+    assert bbox == v1_bbox(filled_v1)
+    sl = tuple(slice(a, b) for a, b in bbox)
+    np.testing.assert_array_equal(filled, filled_v1[sl])
+
+
+def test_holes_touching_the_volume_border_are_not_filled():
+    mask = np.ones((5, 6, 6), bool)
+    mask[2, 2:4, 2:4] = False  # enclosed: a hole
+    mask[0, 2:4, 2:4] = False  # on the first slice: touches the border, stays outside
+    filled = fill_holes_in_box(mask)
+    assert filled[2, 2:4, 2:4].all()
+    assert not filled[0, 2:4, 2:4].any()
+    np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+
+
+def test_union_mask_over_channels():
+    a = np.zeros((4, 4, 4), np.float32)
+    b = np.zeros((4, 4, 4), np.float32)
+    a[1, 1, 1] = 1
+    b[2, 2, 2] = -3
+    assert bounding_box(nonzero_mask([a, b])) == ((1, 3), (1, 3), (1, 3))
+
+
+def test_crop_seg_marks_outside_background_and_keeps_outside_labels():
+    label = np.zeros((3, 4, 4), np.uint8)
+    label[1, 0, 0] = 2  # labelled voxel outside the mask
+    filled = np.zeros((3, 4, 4), bool)
+    filled[:, 1:, 1:] = True
+    seg = crop_seg(label, ((0, 3), (0, 4), (0, 4)), filled)
+    assert seg[1, 0, 0] == 2
+    assert seg[0, 0, 0] == -1
+    assert seg[0, 1, 1] == 0
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_regions_match_skimage_class_by_class(seed):
+    rng = np.random.default_rng(100 + seed)
+    shape = (12, 15, 13)
+    seg = np.zeros(shape, np.int16)
+    for c in (1, 2, 3):
+        seg[random_volume(rng, shape, 0.25).astype(bool)] = c
+    seg[rng.random(shape) < 0.05] = -1
+    classes = [1, 2, 3, 4]  # 4 is declared but absent
+    result = analyze_regions(seg, classes)
+    for c, got in zip(classes, result.classes):
+        labelled, n = sk_label(seg == c, return_num=True)  # v1: full connectivity
+        expected = [int(np.sum(labelled == i)) for i in range(1, n + 1)]
+        assert list(got.region_voxel_counts) == expected
+        assert got.voxel_count == int(np.sum(seg == c))
+    _, n_all = sk_label(np.isin(seg, classes), return_num=True)
+    assert result.all_classes_num_regions == n_all
+    assert result.foreground_voxels == int(np.sum(seg > 0))
+
+
+def test_corner_touching_blobs_are_one_region():
+    seg = np.zeros((4, 4, 4), np.int16)
+    seg[0:2, 0:2, 0:2] = 1
+    seg[2:4, 2:4, 2:4] = 1
+    assert analyze_regions(seg, [1]).classes[0].region_voxel_counts == (16,)
+
+
+def test_percentile_v1_matches_numpy_definition():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 10, 999, 1000, 12345):
+        values = np.sort(rng.normal(100, 50, n).astype(np.float32))
+        for q in (0.5, 50.0, 99.5):
+            got = percentile_v1(values, q)
+            assert isinstance(got, np.float64)
+            # numpy's own linear interpolation on the same float32 data, in float64
+            expected = np.percentile(values.astype(np.float64), q)
+            assert math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-4)
+
+
+def test_stats_types_and_values():
+    rng = np.random.default_rng(1)
+    samples = rng.integers(-1000, 2000, 5001).astype(np.float32)
+    stats = compute_stats(samples).as_v1()
+    assert list(stats) == ["median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5"]
+    assert [type(v) for v in stats.values()] == [np.float32] * 5 + [np.float64] * 2
+    assert stats["median"] == np.median(samples)
+    assert stats["mn"] == samples.min() and stats["mx"] == samples.max()
+    assert stats["mean"] == mean_v1(samples) and abs(stats["mean"] - samples.mean(dtype=np.float64)) < 1e-3
+    assert abs(float(std_v1(samples)) - samples.astype(np.float64).std()) < 1e-2
+    empty = compute_stats(np.empty(0, np.float32)).as_v1()
+    assert all(type(v) is float and math.isnan(v) for v in empty.values())
+
+
+def test_pooled_stats_concatenate_in_given_order():
+    a = np.arange(10, dtype=np.float32)
+    b = np.arange(5, dtype=np.float32) * 3
+    assert pooled_stats([a, b]) == compute_stats(np.concatenate([a, b]))
+
+
+def test_analyze_case_end_to_end_small():
+    image = np.zeros((6, 8, 8), np.int16)
+    image[1:5, 1:7, 2:7] = 100
+    image[3, 3, 4] = 0  # enclosed zero: filled
+    label = np.zeros_like(image, dtype=np.uint8)
+    label[2:4, 2:4, 3:5] = 1
+    label[4, 5, 5] = 2
+    result = analyze_case([image], label, [1, 2, 3])
+    assert result.bbox == ((1, 5), (1, 7), (2, 7))
+    assert result.cropped_shape == (4, 6, 5)
+    assert result.seg_values == (0, 1, 2)  # the mask fills the box: no -1
+    assert [c.voxel_count for c in result.regions.classes] == [8, 1, 0]
+    fg = image[1:5, 1:7, 2:7][label[1:5, 1:7, 2:7] > 0].astype(np.float32)[::10]
+    np.testing.assert_array_equal(result.channels[0].samples, fg)

@@ -1,0 +1,171 @@
+"""Ingest on both backends: rows, replacement, change detection, removal, versions, resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+import catalog.analysis.case
+import catalog.ingest
+from catalog.ingest import ingest_task
+from catalog.models import Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, IngestRun
+
+
+def counts(engine) -> dict:
+    with Session(engine) as s:
+        return {m.__tablename__: s.scalar(select(func.count()).select_from(m))
+                for m in (Case, CaseFile, CaseClass, CaseRegion, CaseChannel)}
+
+
+def statuses(engine) -> dict:
+    with Session(engine) as s:
+        return dict(s.execute(select(Case.identifier, Case.status)).all())
+
+
+def rewrite_label(task, identifier, change):
+    path = task / "labelsTr" / f"{identifier}.nii.gz"
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    change(array)
+    new = sitk.GetImageFromArray(array)
+    new.CopyInformation(image)
+    sitk.WriteImage(new, str(path), useCompression=True)
+
+
+def test_ingest_stores_every_case_once(engine, ct_task):
+    summary = ingest_task(engine, ct_task, workers=2)
+    n = summary.cases_listed
+    assert (summary.new, summary.changed, summary.failed) == (n, 0, 0)
+    first = counts(engine)
+    assert first["cases"] == n and first["case_files"] == 2 * n and first["case_channels"] == n
+    assert first["case_classes"] == 3 * n  # every declared class, present or not
+
+    again = ingest_task(engine, ct_task, workers=1)
+    assert (again.new, again.changed, again.unchanged) == (0, 0, n)
+    forced = ingest_task(engine, ct_task, workers=1, force=True)
+    assert forced.changed == n
+    assert counts(engine) == first  # replaced, never duplicated
+    with Session(engine) as s:
+        runs = s.scalars(select(IngestRun).order_by(IngestRun.id)).all()
+        assert [(r.n_new, r.n_unchanged, r.n_changed, r.status) for r in runs] == [
+            (n, 0, 0, "finished"), (0, n, 0, "finished"), (0, 0, n, "finished")]
+        assert all(r.host and r.catalog_version and r.finished_at for r in runs)
+        assert s.scalar(select(func.count()).select_from(CaseClaim)) == 0
+
+
+def test_stored_facts_match_numpy(engine, mr_task):
+    ingest_task(engine, mr_task, workers=1)
+    with Session(engine) as s:
+        case = s.scalar(select(Case).where(Case.identifier == "mr_2"))
+        images = [sitk.ReadImage(str(mr_task / p)) for p in case.image_paths]
+        arrays = [sitk.GetArrayFromImage(i) for i in images]
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(mr_task / case.label_path)))
+        from scipy import ndimage
+
+        mask = ndimage.binary_fill_holes(np.any([a != 0 for a in arrays], axis=0))
+        idx = np.where(mask)
+        bbox = [(int(i.min()), int(i.max()) + 1) for i in idx]
+        assert [(case.bbox_z0, case.bbox_z1), (case.bbox_y0, case.bbox_y1), (case.bbox_x0, case.bbox_x1)] == bbox
+        assert (case.spacing_z, case.spacing_y, case.spacing_x) == tuple(reversed(images[0].GetSpacing()))
+        assert tuple(case.itk_direction) == images[0].GetDirection()
+        sl = tuple(slice(a, b) for a, b in bbox)
+        seg = label[sl].astype(np.int16)
+        seg[(seg == 0) & ~mask[sl]] = -1
+        for row in s.scalars(select(CaseClass).where(CaseClass.case_id == case.id)):
+            assert row.voxel_count == int(np.sum(seg == row.class_value))
+            assert row.volume_mm3 == row.voxel_count * np.prod(images[0].GetSpacing())
+        channel = s.scalar(select(CaseChannel).where(CaseChannel.case_id == case.id, CaseChannel.channel == 1))
+        expected = arrays[1][sl].astype(np.float32)[seg > 0][::10]
+        np.testing.assert_array_equal(np.frombuffer(channel.samples, "<f4"), expected)
+
+
+def test_change_touch_add_remove(engine, ct_task):
+    n = ingest_task(engine, ct_task, workers=1).cases_listed
+    # touch without change: hashes match, nothing analysed, new mtime remembered
+    label = ct_task / "labelsTr" / "ct_001.nii.gz"
+    os.utime(label, ns=(time.time_ns(), time.time_ns() + 10**9))
+    touched = ingest_task(engine, ct_task, workers=1)
+    assert (touched.unchanged, touched.changed) == (n, 0)
+    assert ingest_task(engine, ct_task, workers=1).unchanged == n  # stat now matches: not even hashed
+
+    rewrite_label(ct_task, "ct_002", lambda a: a.__setitem__(a == 2, 1))
+    changed = ingest_task(engine, ct_task, workers=1)
+    assert (changed.changed, changed.unchanged) == (1, n - 1)
+
+    dataset = json.loads((ct_task / "dataset.json").read_text())
+    dataset["training"] = [t for t in dataset["training"] if "ct_003" not in t["image"]]
+    (ct_task / "dataset.json").write_text(json.dumps(dataset))
+    removed = ingest_task(engine, ct_task, workers=1)
+    assert removed.removed == 1 and removed.unchanged == n - 1
+    assert statuses(engine)["ct_003"] == "removed"
+    assert counts(engine)["cases"] == n  # rows of removed cases are kept
+
+    from catalog.properties import load_properties
+    assert "ct_003" not in load_properties(engine, ct_task.name, intensity=False).identifiers
+
+    dataset["training"].append({"image": "./imagesTr/ct_003.nii.gz", "label": "./labelsTr/ct_003.nii.gz"})
+    (ct_task / "dataset.json").write_text(json.dumps(dataset))
+    back = ingest_task(engine, ct_task, workers=1)
+    assert back.changed == 1 and statuses(engine)["ct_003"] == "ok"
+
+
+def test_analysis_version_bump_reanalyses_old_cases(engine, ct_task, monkeypatch):
+    n = ingest_task(engine, ct_task, workers=1).cases_listed
+    with Session(engine) as s, s.begin():  # one case already at the newer version
+        s.get(Case, 1).analysis_version = catalog.analysis.case.ANALYSIS_VERSION + 1
+    monkeypatch.setattr(catalog.ingest, "ANALYSIS_VERSION", catalog.analysis.case.ANALYSIS_VERSION + 1)
+    bumped = ingest_task(engine, ct_task, workers=1)
+    assert bumped.changed == n - 1 and bumped.unchanged == 1
+
+
+def test_labels_changed_in_dataset_json_reanalyses_everything(engine, ct_task):
+    n = ingest_task(engine, ct_task, workers=1).cases_listed
+    dataset = json.loads((ct_task / "dataset.json").read_text())
+    dataset["labels"]["4"] = "extra"
+    (ct_task / "dataset.json").write_text(json.dumps(dataset))
+    summary = ingest_task(engine, ct_task, workers=1)
+    assert summary.changed == n
+    assert counts(engine)["case_classes"] == 4 * n
+
+
+def test_sigkill_then_resume(db_url, make_raw_task, tmp_path):
+    """A killed ingest leaves only whole cases; the next run finishes the rest."""
+    task = make_raw_task("ct", 503, n_cases=14)
+    env = {**os.environ, "CATALOG_DB": db_url}
+    proc = subprocess.Popen([sys.executable, "-m", "catalog", "ingest", str(task), "--workers", "1"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    from catalog.db import make_engine
+
+    engine = make_engine(db_url)
+    deadline = time.monotonic() + 120
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = sum(1 for s in statuses(engine).values() if s == "ok")
+        except Exception:
+            done = 0  # schema not created yet
+        if done >= 3:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= done < 14, proc.stderr.read().decode()[-2000:]
+    before = statuses(engine)
+    finished = [k for k, v in before.items() if v == "ok"]
+    with Session(engine) as s:  # finished cases are complete
+        for case in s.scalars(select(Case).where(Case.status == "ok")):
+            assert s.scalar(select(func.count()).select_from(CaseChannel).where(CaseChannel.case_id == case.id)) == 1
+            assert s.scalar(select(func.count()).select_from(CaseClass).where(CaseClass.case_id == case.id)) == 3
+    resumed = ingest_task(engine, task, workers=1)
+    assert resumed.new == 14 - len(finished) and resumed.unchanged == len(finished)
+    assert set(statuses(engine).values()) == {"ok"}
+    engine.dispose()
