@@ -229,6 +229,160 @@ def export_nnunet_v1(
         typer.echo(f"skipped {identifier}: {why}")
 
 
+def render_table(columns: list[str], rows: list[tuple]) -> str:
+    """Plain aligned text table (floats with up to 6 significant digits)."""
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.6g}"
+        return str(v)
+
+    body = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in body]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in body]
+    return "\n".join(lines)
+
+
+def _emit(columns: list[str], rows: list[tuple], fmt: str) -> None:
+    if fmt == "json":
+        typer.echo(json.dumps([dict(zip(columns, r)) for r in rows], indent=2, default=str))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        typer.echo(buffer.getvalue(), nl=False)
+    elif fmt == "table":
+        typer.echo(render_table(columns, rows))
+    else:
+        _fail(f"unknown --format {fmt!r}: use table, csv or json", 2)
+
+
+@app.command()
+@_handles_errors
+def query(
+    sql: Annotated[str, typer.Argument(help="One SQL statement (read-only).")],
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+):
+    """Run a read-only SQL query over the catalog's tables and views.
+
+    Example: catalog query "SELECT task, cases, anisotropy FROM task_summary ORDER BY anisotropy DESC"
+    """
+    from .query import run_query
+
+    columns, rows = run_query(sql, db)
+    _emit(columns, rows, fmt)
+
+
+@app.command()
+@_handles_errors
+def tasks(db: DbOption = None, fmt: FormatOption = "table"):
+    """List the tasks in the catalog.
+
+    Example: catalog tasks --format json
+    """
+    from .browse import list_tasks
+
+    rows = list_tasks(_engine(db))
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    _emit(["task", "cases", "failed", "channels", "classes"],
+          [(r["task"], r["cases"], r["failed"], ",".join(r["channels"]), ",".join(r["classes"].values()))
+           for r in rows], fmt)
+
+
+@app.command()
+@_handles_errors
+def cases(task: Annotated[str, typer.Argument(help="Task name (or folder/number).")],
+          db: DbOption = None, fmt: FormatOption = "table"):
+    """List a task's cases with status, spacing and shapes.
+
+    Example: catalog cases Task004_Hippocampus
+    """
+    from .browse import list_cases
+    from .properties import task_name_for
+
+    engine = _engine(db)
+    rows = list_cases(engine, task_name_for(engine, task))
+    if fmt == "json":
+        typer.echo(json.dumps(rows, indent=2))
+        return
+
+    def triple(v):
+        return "" if v is None else " x ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
+
+    _emit(["case", "status", "spacing (z,y,x)", "size (z,y,x)", "cropped (z,y,x)", "classes"],
+          [(r["case"], r["status"], triple(r["spacing_zyx"]), triple(r["original_size_zyx"]),
+            triple(r["cropped_size_zyx"]), ",".join(map(str, r["classes_present"]))) for r in rows], fmt)
+
+
+@app.command()
+@_handles_errors
+def show(task: Annotated[str, typer.Argument(help="Task name (or folder/number).")],
+         db: DbOption = None, fmt: FormatOption = "table"):
+    """Show a task's dataset properties (nnU-Net v1's, readable) and class statistics.
+
+    Example: catalog show Task004_Hippocampus
+    """
+    from .browse import show_task
+    from .properties import task_name_for
+
+    engine = _engine(db)
+    info = show_task(engine, task_name_for(engine, task))
+    if fmt == "json":
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"{info['task']}: {info['cases']} cases"
+               + (f" ({len(info['excluded_cases'])} excluded: {', '.join(info['excluded_cases'])})"
+                  if info["excluded_cases"] else ""))
+    typer.echo("modalities: " + ", ".join(f"{k}={v}" for k, v in info["modalities"].items()))
+    typer.echo("classes: " + ", ".join(f"{k}={info['class_names'][str(k)]}" for k in info["all_classes"]))
+    if info["median_spacing_zyx"]:
+        typer.echo("median spacing (z,y,x): " + " x ".join(f"{v:.4g}" for v in info["median_spacing_zyx"])
+                   + " mm; median size after crop: " + " x ".join(f"{v:g}" for v in info["median_size_after_crop_zyx"])
+                   + f"; median size reduction {info['median_size_reduction']:.3f}")
+    typer.echo("")
+    keys = ["median", "mean", "sd", "mn", "mx", "percentile_00_5", "percentile_99_5"]
+    _emit(["channel"] + keys, [(k, *[v[x] for x in keys]) for k, v in info["intensity"].items()], "table")
+    typer.echo("")
+    _emit(["class", "cases", "present", "voxels", "volume_mm3", "regions", "one_piece"],
+          [(c["class_value"], c["cases"], c["cases_present"], c["voxels"], c["volume_mm3"], c["regions"],
+            c["cases_one_piece"]) for c in info["classes"]], "table")
+
+
+@app.command()
+@_handles_errors
+def status(task: Annotated[str, typer.Argument(help="Task name (or folder/number).")],
+           db: DbOption = None,
+           export_dir: Annotated[Optional[Path], typer.Option("--export", help="An export folder to check "
+                                                              "against the catalog.")] = None,
+           fmt: FormatOption = "table"):
+    """Per case: ok, changed on disk, failed, stale, removed or pending; is an export current?
+
+    Example: catalog status Task004_Hippocampus --export ./cropped/Task004_Hippocampus
+    """
+    from .browse import task_status
+    from .properties import task_name_for
+
+    engine = _engine(db)
+    info = task_status(engine, task_name_for(engine, task), str(export_dir) if export_dir else None)
+    if fmt == "json":
+        typer.echo(json.dumps(info, indent=2))
+        return
+    _emit(["case", "status"], [(r["case"], r["status"]) for r in info["cases"]], "table")
+    if "export" in info:
+        e = info["export"]
+        typer.echo(f"export {e['path']}: " + ("current" if e["current"] else f"NOT current ({e['why']})"))
+
+
 @db_app.command("upgrade")
 @_handles_errors
 def db_upgrade(db: DbOption = None):

@@ -61,9 +61,12 @@ def configure_engine(engine: Engine, read_only: bool = False) -> None:
         def _sqlite_begin(conn):
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
     elif is_postgres(engine) and read_only:
-        @event.listens_for(engine, "begin")
-        def _pg_begin(conn):
-            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        @event.listens_for(engine, "connect")
+        def _pg_connect(dbapi_connection, _record):
+            # session default, so that even a COMMIT inside the user's SQL leaves it read-only
+            with dbapi_connection.cursor() as cursor:
+                cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            dbapi_connection.commit()
 
 
 def lock_for_claim(stmt: Select) -> Select:
@@ -112,3 +115,16 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def upsert(session, model, rows: list[dict], keys: list[str]) -> None:
+    """INSERT ... ON CONFLICT (keys) DO UPDATE: concurrent workers may write the same rows."""
+    if not rows:
+        return
+    if is_postgres(session.get_bind()):
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(model).values(rows)
+    updates = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
+    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))

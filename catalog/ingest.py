@@ -123,6 +123,10 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
                      summary, progress)
     try:
         runner.run(plan)
+        if summary.new or summary.changed or summary.removed or force or force_all or not _has_statistics(engine, task_id):
+            from .properties import refresh_channel_statistics
+
+            refresh_channel_statistics(engine, layout.name)
     except KeyboardInterrupt:
         summary.interrupted = True
         runner.abandon()
@@ -131,6 +135,14 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
         summary.seconds = time.monotonic() - started
         _finish_run(engine, run_id, summary)
     return summary
+
+
+def _has_statistics(engine: Engine, task_id: int) -> bool:
+    from .models import ChannelStatistics
+
+    with session_scope(engine) as session:
+        return session.scalar(select(ChannelStatistics.task_id).where(ChannelStatistics.task_id == task_id)
+                              .limit(1)) is not None
 
 
 # ---- task and case rows -----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .checks import FindingData
 from .errors import DatasetLayoutError, TaskNotFoundError
 
 NII_GZ = ".nii.gz"
+REQUIRED_KEYS = ("training", "modality", "labels")
 
 
 @dataclass(frozen=True)
@@ -82,26 +83,50 @@ def load_dataset_json(root: Path) -> tuple[str, dict]:
     try:
         text = path.read_text(encoding="utf-8")
         content = json.loads(text, object_pairs_hook=OrderedDict)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetLayoutError(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise DatasetLayoutError(f"{path}: cannot be read ({exc.strerror or exc})", path=str(path)) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise DatasetLayoutError(f"{path}: not valid JSON ({exc})", path=str(path)) from exc
     if not isinstance(content, dict):
-        raise DatasetLayoutError(f"{path}: expected a JSON object, found {type(content).__name__}")
-    missing = [k for k in ("training", "modality", "labels") if k not in content]
+        raise DatasetLayoutError(f"{path}: expected a JSON object {{...}}, found {_json_type(content)}",
+                                 path=str(path))
+    missing = [k for k in REQUIRED_KEYS if k not in content]
     if missing:
-        raise DatasetLayoutError(f"{path}: missing key(s) {', '.join(missing)}", "dataset_json_missing_key", str(path))
+        raise DatasetLayoutError(f"{path}: missing key(s) {', '.join(missing)} (expected keys "
+                                 f"{', '.join(REQUIRED_KEYS)}; found {', '.join(map(str, content)) or 'none'})",
+                                 "dataset_json_missing_key", str(path))
     return text, content
+
+
+def _json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if isinstance(value, dict):
+        return "an object (dict)"
+    if isinstance(value, list):
+        return "an array (list)"
+    if isinstance(value, str):
+        return f"a string {value[:60]!r}"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r}"
 
 
 def _int_keyed(path: Path, content: dict, key: str) -> "OrderedDict[int, str]":
     value = content[key]
     if not isinstance(value, dict) or not value:
-        raise DatasetLayoutError(f"{path}: `{key}` must be a non-empty object like {{\"0\": \"...\"}}")
+        raise DatasetLayoutError(f"{path}: `{key}` must be a non-empty object like {{\"0\": \"...\"}}, "
+                                 f"found {_json_type(value)}", path=str(path))
     result: OrderedDict[int, str] = OrderedDict()
     for k, v in value.items():
-        try:
-            result[int(k)] = str(v)
-        except (TypeError, ValueError):
-            raise DatasetLayoutError(f"{path}: `{key}` key {k!r} is not an integer") from None
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", k):  # what int() accepts, minus '1_0' and unicode digits
+            raise DatasetLayoutError(f"{path}: `{key}` keys must be integers like \"0\", found {k!r}",
+                                     path=str(path))
+        if int(k) in result:
+            raise DatasetLayoutError(f"{path}: `{key}` key {k!r} repeats the value {int(k)}", path=str(path))
+        if not isinstance(v, str):
+            raise DatasetLayoutError(f"{path}: `{key}` value of {k!r} must be a name (string), "
+                                     f"found {_json_type(v)}", path=str(path))
+        result[int(k)] = v
     return result
 
 
@@ -115,7 +140,8 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
     labels = _int_keyed(json_path, content, "labels")
     training = content["training"]
     if not isinstance(training, list):
-        raise DatasetLayoutError(f"{json_path}: `training` must be a list")
+        raise DatasetLayoutError(f"{json_path}: `training` must be a list of {{\"image\": ..., \"label\": ...}}, "
+                                 f"found {_json_type(training)}", path=str(json_path))
 
     findings: list[FindingData] = []
     if sorted(labels) != list(range(len(labels))):
@@ -124,7 +150,7 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
                                     f"{list(range(len(labels)))}", None, str(json_path)))
     if sorted(modalities) != list(range(len(modalities))):
         raise DatasetLayoutError(f"{json_path}: modality keys {sorted(modalities)} should be "
-                                 f"{list(range(len(modalities)))}")
+                                 f"{list(range(len(modalities)))}", path=str(json_path))
 
     real_root = os.path.realpath(root)
     cases: list[CaseFiles] = []
@@ -134,12 +160,16 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
                 and isinstance(entry.get("label"), str)):
             findings.append(FindingData("dataset_json_malformed",
                                         f"{json_path}: training[{position}] must be "
-                                        '{"image": "./imagesTr/<id>.nii.gz", "label": "./labelsTr/<id>.nii.gz"}',
-                                        None, str(json_path)))
+                                        '{"image": "./imagesTr/<id>.nii.gz", "label": "./labelsTr/<id>.nii.gz"}'
+                                        f", found {_json_type(entry)}", None, str(json_path)))
             continue
         image_entry, label_entry = entry["image"], entry["label"]
-        image_base = image_entry.split("/")[-1]
-        identifier = image_base[: -len(NII_GZ)] if image_base.endswith(NII_GZ) else image_base
+        identifier = _stem(image_entry)
+        if not identifier:
+            findings.append(FindingData("dataset_json_malformed",
+                                        f"{json_path}: training[{position}] image {image_entry!r} has no file "
+                                        "name (expected ./imagesTr/<id>.nii.gz)", None, str(json_path)))
+            continue
         problems = []
         for listed in (image_entry, label_entry):
             if not listed.endswith(NII_GZ):

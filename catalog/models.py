@@ -271,3 +271,22 @@ class Export(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     catalog_version: Mapped[str] = mapped_column(String(32))
     parameters: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ChannelStatistics(Base):
+    """nnU-Net v1's global intensity statistics per task and channel, over the pooled samples of
+    the task's analysed cases; refreshed at the end of every ingest (read by `channel_intensity`)."""
+
+    __tablename__ = "channel_statistics"
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True)
+    channel: Mapped[int] = mapped_column(Integer, primary_key=True)
+    cases: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
+    median: Mapped[float | None] = mapped_column(Double)
+    mean: Mapped[float | None] = mapped_column(Double)
+    sd: Mapped[float | None] = mapped_column(Double)
+    mn: Mapped[float | None] = mapped_column(Double)
+    mx: Mapped[float | None] = mapped_column(Double)
+    percentile_99_5: Mapped[float | None] = mapped_column(Double)
+    percentile_00_5: Mapped[float | None] = mapped_column(Double)
+    computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Double, Engine, case as sql_case, cast, func, select
+from sqlalchemy import Double, Engine, case as sql_case, cast, delete, func, select
 from sqlalchemy.orm import Session
 
 from . import dialect
 from .analysis.intensity import IntensityStats, pooled_stats
 from .errors import CatalogError
-from .models import Case, CaseChannel, CaseClass, Finding, Task, TaskChannel, TaskLabel
+from .models import Case, CaseChannel, CaseClass, ChannelStatistics, Finding, Task, TaskChannel, TaskLabel, utcnow
 
 
 def v1_sort_key(identifier: str) -> str:
@@ -200,3 +200,28 @@ def error_cases(engine: Engine, task_name: str) -> dict[str, list[str]]:
     for identifier, message in rows:
         result.setdefault(identifier, []).append(message)
     return result
+
+
+def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
+    """Store the task's pooled intensity statistics for the `channel_intensity` view."""
+    props = load_properties(engine, task_name, intensity=True)
+    from .db import session_scope
+
+    with session_scope(engine) as session:
+        task = find_task(session, task_name)
+        rows = []
+        for channel, data in props.intensity.items():
+            stats = data.global_stats
+            rows.append({"task_id": task.id, "channel": channel, "cases": len(props.cases),
+                         "samples": 0,
+                         "computed_at": utcnow(),
+                         **{k: dialect.store_float(getattr(stats, k)) for k in (
+                             "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")}})
+        counts = dict(session.execute(
+            select(CaseChannel.channel, func.sum(CaseChannel.sample_count))
+            .where(CaseChannel.case_id.in_([c.id for c in props.cases])).group_by(CaseChannel.channel)).all())
+        for row in rows:
+            row["samples"] = int(counts.get(row["channel"], 0) or 0)
+        session.execute(delete(ChannelStatistics).where(ChannelStatistics.task_id == task.id,
+                                                        ChannelStatistics.channel.not_in(list(props.modalities))))
+        dialect.upsert(session, ChannelStatistics, rows, ["task_id", "channel"])
