@@ -186,7 +186,9 @@ def class_statistics(engine: Engine, task_name: str) -> list[dict]:
             .join(Case, Case.id == CaseClass.case_id)
             .where(Case.task_id == task.id, Case.status == "ok")
             .group_by(CaseClass.class_value).order_by(CaseClass.class_value)).mappings().all()
-        return [dict(r) for r in rows]
+        # PostgreSQL's SUM of integers is NUMERIC (Decimal): give plain numbers on both backends.
+        return [{k: (float(v) if k == "volume_mm3" else int(v)) if v is not None else None
+                 for k, v in r.items()} for r in rows]
 
 
 def error_cases(engine: Engine, task_name: str) -> dict[str, list[str]]:

@@ -114,6 +114,7 @@ SITUATIONS: dict[str, dict[str, list[int]]] = {
         "border_slice_zeros": [5],
         "multi_piece_class": [1, 2, 3, 5],
         "no_foreground": [7],
+        "enclosed_zero_region": [0, 1, 2, 3, 4, 5, 6, 7],
         "identity_direction": [0, 3, 6],
         "flipped_direction": [1, 4, 7],
         "oblique_direction": [2, 5],
