@@ -240,9 +240,11 @@ def _read_header(path: str) -> tuple[ImageHeader, int]:
     try:
         reader.ReadImageInformation()
         size = tuple(int(s) for s in reader.GetSize())
-        spacing = tuple(float(s) for s in reader.GetSpacing())
-        origin = tuple(float(s) for s in reader.GetOrigin())
-        direction = tuple(float(s) for s in reader.GetDirection())
+        # `+ 0.0` turns -0.0 into 0.0: the header-only read reports -0.0 in direction matrices
+        # where sitk.ReadImage (what nnU-Net v1 pickles) reports 0.0; otherwise they agree exactly.
+        spacing = tuple(float(s) + 0.0 for s in reader.GetSpacing())
+        origin = tuple(float(s) + 0.0 for s in reader.GetOrigin())
+        direction = tuple(float(s) + 0.0 for s in reader.GetDirection())
         pixel_id = reader.GetPixelID()
         components = int(reader.GetNumberOfComponents())
         ndim = int(reader.GetDimension())
