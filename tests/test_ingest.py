@@ -169,3 +169,55 @@ def test_sigkill_then_resume(db_url, make_raw_task, tmp_path):
     assert resumed.new == 14 - len(finished) and resumed.unchanged == len(finished)
     assert set(statuses(engine).values()) == {"ok"}
     engine.dispose()
+
+
+def test_ctrl_c_stops_cleanly_and_resumes(sqlite_url, make_raw_task):
+    task = make_raw_task("ct", 504, n_cases=14)
+    proc = subprocess.Popen([sys.executable, "-m", "catalog", "ingest", str(task), "--workers", "1",
+                             "--db", sqlite_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from catalog.db import make_engine
+
+    engine = make_engine(sqlite_url)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if sum(1 for s in statuses(engine).values() if s == "ok") >= 2:
+                break
+        except Exception:
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "run the same command again" in err and "Traceback" not in err
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(CaseClaim)) == 0
+        run = s.scalars(select(IngestRun)).one()
+        assert run.status == "interrupted" and run.finished_at is not None
+    done = sum(1 for s in statuses(engine).values() if s == "ok")
+    resumed = ingest_task(engine, task, workers=1)
+    assert resumed.unchanged == done and resumed.new == 14 - done
+
+
+def test_provenance_and_status(engine, ct_task, tmp_path):
+    from catalog.browse import task_status
+    from catalog.export.nnunet_v1 import export_nnunet_v1
+
+    ingest_task(engine, ct_task, workers=1)
+    out = tmp_path / "export" / ct_task.name
+    export_nnunet_v1(engine, ct_task.name, str(out), workers=1)
+    provenance = json.loads((out / "catalog_provenance.json").read_text())
+    assert provenance["task"] == ct_task.name and len(provenance["content_digest"]) == 64
+    assert provenance["ingest_runs"][0]["id"] == 1 and provenance["catalog_version"]
+    status = task_status(engine, ct_task.name, str(out))
+    assert status["export"]["current"] and {r["status"] for r in status["cases"]} == {"ok"}
+
+    rewrite_label(ct_task, "ct_001", lambda a: a.__setitem__(a == 1, 2))
+    status = task_status(engine, ct_task.name, str(out))
+    assert [r["case"] for r in status["cases"] if r["status"] == "changed on disk"] == ["ct_001"]
+    assert not status["export"]["current"]
+    ingest_task(engine, ct_task, workers=1)
+    status = task_status(engine, ct_task.name, str(out))
+    assert {r["status"] for r in status["cases"]} == {"ok"} and not status["export"]["current"]
+    export_nnunet_v1(engine, ct_task.name, str(out), workers=1)
+    assert task_status(engine, ct_task.name, str(out))["export"]["current"]
