@@ -31,10 +31,16 @@ def _handles_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        from sqlalchemy.exc import SQLAlchemyError
+
         try:
             return command(*args, **kwargs)
         except CatalogError as exc:
             _fail(str(exc))
+        except SQLAlchemyError as exc:
+            from .db import describe_db_error
+
+            _fail(f"database error: {describe_db_error(exc)}")
 
     return wrapper
 

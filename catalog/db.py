@@ -44,11 +44,22 @@ def make_engine(url: str | None = None, *, read_only: bool = False, upgrade: boo
     except Exception as exc:
         raise CatalogError(f"invalid database URL {redact(url)}: {exc}") from exc
     dialect.configure_engine(engine, read_only=read_only)
-    if upgrade and not read_only:
-        upgrade_schema(engine)
-    elif upgrade:
-        check_schema(engine)
+    try:
+        if upgrade and not read_only:
+            upgrade_schema(engine)
+        elif upgrade:
+            check_schema(engine)
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise CatalogError(f"cannot use the database {redact(url)}: {describe_db_error(exc)}") from exc
     return engine
+
+
+def describe_db_error(exc: SQLAlchemyError) -> str:
+    """The driver's own first line, without SQLAlchemy's boilerplate."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -65,8 +76,7 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         session.commit()
     except SQLAlchemyError as exc:
         session.rollback()
-        raise CatalogError(f"database error on {redact(str(engine.url))}: {exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0]}") from exc
+        raise CatalogError(f"database error on {redact(str(engine.url))}: {describe_db_error(exc)}") from exc
     except BaseException:
         session.rollback()
         raise
