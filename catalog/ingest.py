@@ -195,6 +195,10 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
         stored_files: dict[int, dict[str, CaseFile]] = {}
         for f in session.scalars(select(CaseFile).join(Case).where(Case.task_id == task_id)):
             stored_files.setdefault(f.case_id, {})[f.path] = f
+        # Listing findings describe dataset.json as it is now: replace those of the cases they name.
+        if listing_errors:
+            session.execute(delete(Finding).where(Finding.task_id == task_id,
+                                                  Finding.case_identifier.in_(list(listing_errors))))
         for finding in layout.findings:
             _add_finding(session, task_id, run_id, finding)
 
