@@ -44,18 +44,14 @@ def fill_holes_in_box(mask_in_box: np.ndarray) -> np.ndarray:
     scipy.ndimage.binary_fill_holes on the whole volume.
 
     A hole is a zero region 6-connected to no array border. Every voxel outside the bounding box
-    is zero and reaches the border, so inside the box the holes are exactly the 6-connected zero
-    components that touch none of the box's six faces.
+    is zero and reaches the border, so a zero region inside the box is a hole exactly when it
+    touches none of the box's faces. A one-voxel zero frame around the box joins every
+    face-touching region into the single component that starts at the first voxel (label 1),
+    so one 6-connected labelling and one comparison give the filled mask.
     """
-    zeros = ~mask_in_box
-    labels, n = cc3d.connected_components(zeros, connectivity=6, return_N=True)
-    if n == 0:
-        return mask_in_box.copy()
-    touches_face = np.zeros(n + 1, dtype=bool)
-    for face in (labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]):
-        touches_face[np.unique(face)] = True
-    touches_face[0] = False  # label 0 = mask voxels
-    return ~touches_face[labels]
+    zeros = np.pad(~mask_in_box, 1, mode="constant", constant_values=True)
+    labels = cc3d.connected_components(zeros, connectivity=6)
+    return labels[1:-1, 1:-1, 1:-1] != 1
 
 
 def crop_mask(channels: Sequence[np.ndarray]) -> tuple[BBox, np.ndarray] | None:
