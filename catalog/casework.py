@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import imageio
 from .analysis.case import CaseAnalysis, EmptyImageError, analyze_case
-from .checks import FindingData, geometry_differences, has_errors, label_value_findings, value_counts
+from .checks import (
+    FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, nifti_header_problems,
+    value_counts,
+)
 from .errors import ImageReadError
 from .layout import CaseFiles
 
@@ -68,6 +72,17 @@ def run_case(job: CaseJob) -> CaseOutcome:
     except ImageReadError as exc:
         outcome.findings.append(FindingData(exc.check, str(exc), case.identifier, exc.path))
         outcome.analysis = None
+    except MemoryError:
+        outcome.findings.append(FindingData(
+            "image_too_large", f"{job.root}/{case.images[0]}: not enough memory to check and analyse the "
+            f"case (files {', '.join((*case.images, case.label))})", case.identifier, case.images[0]))
+        outcome.analysis = None
+    except Exception as exc:  # noqa: BLE001 - a catalog bug must not stop the other cases
+        outcome.findings.append(FindingData(
+            "analysis_failed", f"{job.root}/{case.label}: checking or analysing case {case.identifier!r} "
+            f"(files {', '.join((*case.images, case.label))}) failed with {exc.__class__.__name__}: {exc} "
+            "(expected no exception: this is a catalog bug, please report it)", case.identifier, case.label))
+        outcome.analysis = None
     return outcome
 
 
@@ -93,6 +108,7 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
 
     loaded = {}
     for role, channel, rel in files:
+        _guard_header(f"{job.root}/{rel}")
         image = imageio.read_image(f"{job.root}/{rel}", max_bytes=job.max_image_bytes)
         fp = image.fingerprint
         outcome.files.append(InputFile(role, channel, rel, fp.size_bytes, fp.mtime_ns, fp.sha256))
@@ -114,14 +130,21 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
     if findings:
         return
 
+    for (role, channel), image in loaded.items():
+        for problem in geometry_problems(_geometry(image.header)):
+            findings.append(FindingData("invalid_geometry", f"{image.header.path}: {problem}", case.identifier,
+                                        image.header.path))
+    if findings:
+        return
+
     reference = loaded[("image", 0)].header
     outcome.geometry = _geometry(reference)
     for (role, channel), image in loaded.items():
         if (role, channel) == ("image", 0):
             continue
-        for problem in geometry_differences(outcome.geometry, _geometry(image.header)):
-            findings.append(FindingData("geometry_mismatch", f"{image.header.path}: {problem} of "
-                                        f"{reference.path}", case.identifier, image.header.path))
+        for problem in geometry_differences(outcome.geometry, _geometry(image.header), f"in {reference.path}"):
+            findings.append(FindingData("geometry_mismatch", f"{image.header.path}: {problem}",
+                                        case.identifier, image.header.path))
     label_image = loaded[("label", -1)]
     values, counts = value_counts(label_image.array)
     findings.extend(label_value_findings(values, set(job.class_values) | {0}, label_image.header.path,
@@ -152,6 +175,36 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
             "label_outside_crop", f"{label_image.header.path}: {label_foreground - kept} of {label_foreground} "
             "labelled voxels lie outside the nonzero bounding box and are dropped (as nnU-Net v1 does)",
             case.identifier, label_image.header.path))
+
+
+_HEAD_BYTES = 540  # a NIfTI-2 header; NIfTI-1 needs 348
+
+
+def _read_head(path: str) -> bytes:
+    """The first bytes of a (possibly gzipped) file, decompressed; fewer (or b"") if that fails
+    (the reader then reports the file properly)."""
+    head = b""
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(4096)
+            if not start.startswith(b"\x1f\x8b"):
+                return start[:_HEAD_BYTES]
+            inflater = zlib.decompressobj(wbits=31)
+            chunk = start
+            while chunk and len(head) < _HEAD_BYTES and not inflater.eof and fh.tell() <= (1 << 20):
+                head += inflater.decompress(chunk, _HEAD_BYTES - len(head))
+                chunk = fh.read(4096)
+    except (OSError, zlib.error):
+        pass
+    return head
+
+
+def _guard_header(path: str) -> None:
+    """Refuse a NIfTI header whose geometry fields SimpleITK would silently replace or loop on,
+    before SimpleITK sees it (see checks.nifti_header_problems)."""
+    problems = nifti_header_problems(_read_head(path))
+    if problems:
+        raise ImageReadError(path, "; ".join(problems), check="invalid_geometry")
 
 
 def _geometry(header) -> dict:

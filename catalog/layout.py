@@ -123,10 +123,10 @@ def _int_keyed(path: Path, content: dict, key: str) -> "OrderedDict[int, str]":
                                      path=str(path))
         if int(k) in result:
             raise DatasetLayoutError(f"{path}: `{key}` key {k!r} repeats the value {int(k)}", path=str(path))
-        if not isinstance(v, str):
+        if isinstance(v, (dict, list)) or v is None:
             raise DatasetLayoutError(f"{path}: `{key}` value of {k!r} must be a name (string), "
                                      f"found {_json_type(v)}", path=str(path))
-        result[int(k)] = v
+        result[int(k)] = str(v)
     return result
 
 
@@ -155,6 +155,7 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
     real_root = os.path.realpath(root)
     cases: list[CaseFiles] = []
     seen: dict[str, int] = {}
+    claimed: set[str] = set()  # files some entry refers to (even a refused one): not stray
     for position, entry in enumerate(training):
         if not (isinstance(entry, dict) and isinstance(entry.get("image"), str)
                 and isinstance(entry.get("label"), str)):
@@ -185,6 +186,7 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
         seen.setdefault(identifier, position)
         images = tuple(f"imagesTr/{identifier}_{c:04d}{NII_GZ}" for c in range(len(modalities)))
         label = "labelsTr/" + label_entry.split("/")[-1]
+        claimed.update((*images, label, f"labelsTr/{_stem(label_entry)}{NII_GZ}"))
         for relative in (*images, label):
             full = root / relative
             if os.path.lexists(full) and not _inside(real_root, os.path.realpath(full)):
@@ -195,8 +197,18 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
             continue  # the first entry stands for the case
         cases.append(CaseFiles(identifier, position, images, label))
 
-    findings.extend(_stray_files(root, cases, len(modalities)))
+    findings.extend(_stray_files(root, cases, claimed, len(modalities)))
     return TaskLayout(root.name, str(root), text, modalities, labels, cases, findings)
+
+
+def _stem(listed: str) -> str:
+    """The case identifier a `training` path names: its basename without .nii.gz (or, for a
+    wrongly named entry, without .nii) -- so a wrong suffix is one finding, not a cascade."""
+    base = listed.split("/")[-1]
+    for suffix in (NII_GZ, ".nii"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def _inside(real_root: str, real_path: str) -> bool:
@@ -210,8 +222,9 @@ def _escapes(root: Path, listed: str) -> bool:
     return not _inside(os.path.normpath(root), os.path.normpath(root / listed))
 
 
-def _stray_files(root: Path, cases: list[CaseFiles], num_modalities: int) -> list[FindingData]:
-    expected = {rel for case in cases for rel in (*case.images, case.label)}
+def _stray_files(root: Path, cases: list[CaseFiles], claimed: set[str],
+                 num_modalities: int) -> list[FindingData]:
+    expected = claimed | {rel for case in cases for rel in (*case.images, case.label)}
     by_identifier = {case.identifier for case in cases}
     findings = []
     for folder in ("imagesTr", "labelsTr"):
@@ -228,8 +241,10 @@ def _stray_files(root: Path, cases: list[CaseFiles], num_modalities: int) -> lis
                 findings.append(FindingData(
                     "channel_count_mismatch", f"{root / relative}: channel {int(extra_channel.group(2))} "
                     f"of case {extra_channel.group(1)!r}, but dataset.json declares {num_modalities} "
-                    "modalities", extra_channel.group(1), relative))
+                    f"modalit{'y' if num_modalities == 1 else 'ies'} (channels 0000 to {num_modalities - 1:04d})",
+                    extra_channel.group(1), relative))
             else:
-                findings.append(FindingData("stray_file", f"{root / relative}: not listed in dataset.json",
-                                            None, relative))
+                findings.append(FindingData(
+                    "stray_file", f"{root / relative}: not listed in dataset.json `training` (expected only "
+                    f"the files of its {len(by_identifier)} listed cases)", None, relative))
     return findings
