@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,8 +14,7 @@ import numpy as np
 from . import imageio
 from .analysis.case import CaseAnalysis, EmptyImageError, analyze_case
 from .checks import (
-    FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, nifti_header_problems,
-    value_counts,
+    FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, value_counts,
 )
 from .errors import ImageReadError
 from .layout import CaseFiles
@@ -108,7 +106,6 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
 
     loaded = {}
     for role, channel, rel in files:
-        _guard_header(f"{job.root}/{rel}")
         image = imageio.read_image(f"{job.root}/{rel}", max_bytes=job.max_image_bytes)
         fp = image.fingerprint
         outcome.files.append(InputFile(role, channel, rel, fp.size_bytes, fp.mtime_ns, fp.sha256))
@@ -175,36 +172,6 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
             "label_outside_crop", f"{label_image.header.path}: {label_foreground - kept} of {label_foreground} "
             "labelled voxels lie outside the nonzero bounding box and are dropped (as nnU-Net v1 does)",
             case.identifier, label_image.header.path))
-
-
-_HEAD_BYTES = 540  # a NIfTI-2 header; NIfTI-1 needs 348
-
-
-def _read_head(path: str) -> bytes:
-    """The first bytes of a (possibly gzipped) file, decompressed; fewer (or b"") if that fails
-    (the reader then reports the file properly)."""
-    head = b""
-    try:
-        with open(path, "rb") as fh:
-            start = fh.read(4096)
-            if not start.startswith(b"\x1f\x8b"):
-                return start[:_HEAD_BYTES]
-            inflater = zlib.decompressobj(wbits=31)
-            chunk = start
-            while chunk and len(head) < _HEAD_BYTES and not inflater.eof and fh.tell() <= (1 << 20):
-                head += inflater.decompress(chunk, _HEAD_BYTES - len(head))
-                chunk = fh.read(4096)
-    except (OSError, zlib.error):
-        pass
-    return head
-
-
-def _guard_header(path: str) -> None:
-    """Refuse a NIfTI header whose geometry fields SimpleITK would silently replace or loop on,
-    before SimpleITK sees it (see checks.nifti_header_problems)."""
-    problems = nifti_header_problems(_read_head(path))
-    if problems:
-        raise ImageReadError(path, "; ".join(problems), check="invalid_geometry")
 
 
 def _geometry(header) -> dict:

@@ -7,7 +7,6 @@ and gives the expected and the found value.
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,59 +105,6 @@ def geometry_problems(geometry: dict) -> list[str]:
         problems.append(f"direction {_fmt(direction)} (expected finite values)")
     elif n * n == direction.size and n and abs(np.linalg.det(direction.reshape(n, n))) < 1e-6:
         problems.append(f"direction {_fmt(direction)} is singular (expected a rotation, |det| = 1)")
-    return problems
-
-
-# Raw NIfTI header fields that SimpleITK turns into geometry: (offset, struct code, count).
-_NIFTI_GEOMETRY = {
-    1: {"dim": (40, "h", 8), "pixdim": (76, "f", 8), "qform_code": (252, "h", 1), "sform_code": (254, "h", 1),
-        "quatern": (256, "f", 3), "qoffset": (268, "f", 3), "srow": (280, "f", 12)},
-    2: {"dim": (16, "q", 8), "pixdim": (104, "d", 8), "qform_code": (344, "i", 1), "sform_code": (348, "i", 1),
-        "quatern": (352, "d", 3), "qoffset": (376, "d", 3), "srow": (400, "d", 12)},
-}
-
-
-def nifti_header_problems(head: bytes) -> list[str]:
-    """Geometry fields of a raw NIfTI-1/-2 header (the decompressed first bytes of the file) that
-    SimpleITK must not be given: non-finite or non-positive voxel sizes, non-finite qform or sform
-    parameters in a transform the header declares (code > 0).
-
-    ITK reads such headers without error but silently makes something up (a NaN or 0 pixdim
-    becomes spacing 1, an infinite qoffset origin 0), and an infinite offset in a degenerate sform
-    makes its SVD loop forever. Returns [] for anything that is not a NIfTI header (left to the
-    reader to refuse)."""
-    version, order = None, None
-    for bo in "<>":
-        if len(head) >= 540 and struct.unpack_from(bo + "i", head, 0)[0] == 540:
-            version, order = 2, bo
-            break
-    if version is None and len(head) >= 348:
-        for bo in "<>":  # nifticlib picks the byte order that makes dim[0] 1..7
-            if 1 <= struct.unpack_from(bo + "h", head, 40)[0] <= 7:
-                version, order = 1, bo
-                break
-    if version is None:
-        return []
-    fields = {}
-    for name, (offset, code, count) in _NIFTI_GEOMETRY[version].items():
-        values = struct.unpack_from(f"{order}{count}{code}", head, offset)
-        fields[name] = values if count > 1 else values[0]
-    problems = []
-    ndim = fields["dim"][0]
-    for axis in range(1, min(ndim, 3) + 1):
-        value = fields["pixdim"][axis]
-        if not (math.isfinite(value) and value > 0):
-            problems.append(f"pixdim[{axis}] (voxel size) = {value:g}, expected a finite number > 0")
-    if fields["qform_code"] > 0:
-        names = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "pixdim[0] (qfac)")
-        for name, value in zip(names, (*fields["quatern"], *fields["qoffset"], fields["pixdim"][0])):
-            if not math.isfinite(value):
-                problems.append(f"{name} = {value:g} with qform_code {fields['qform_code']}, expected a finite number")
-    if fields["sform_code"] > 0:
-        for index, value in enumerate(fields["srow"]):
-            if not math.isfinite(value):
-                problems.append(f"srow_{'xyz'[index // 4]}[{index % 4}] = {value:g} with sform_code "
-                                f"{fields['sform_code']}, expected a finite number")
     return problems
 
 

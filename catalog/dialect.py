@@ -128,3 +128,10 @@ def upsert(session, model, rows: list[dict], keys: list[str]) -> None:
     stmt = insert(model).values(rows)
     updates = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
     session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updates))
+
+
+def lock_task(session, task_name: str) -> None:
+    """Serialise the task-level bookkeeping of concurrent ingests of one task (PostgreSQL: an
+    advisory lock held to the end of the transaction; SQLite: BEGIN IMMEDIATE already does)."""
+    if is_postgres(session.get_bind()):
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": "catalog-task:" + task_name})

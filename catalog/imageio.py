@@ -257,6 +257,65 @@ def _read_header(path: str) -> tuple[ImageHeader, int]:
     return header, pixel_id
 
 
+# Raw NIfTI header fields that SimpleITK turns into geometry: (offset, struct code, count).
+_NIFTI_GEOMETRY = {
+    1: {"dim": (40, "h", 8), "pixdim": (76, "f", 8), "qform_code": (252, "h", 1), "sform_code": (254, "h", 1),
+        "quatern": (256, "f", 3), "qoffset": (268, "f", 3), "srow": (280, "f", 12)},
+    2: {"dim": (16, "q", 8), "pixdim": (104, "d", 8), "qform_code": (344, "i", 1), "sform_code": (348, "i", 1),
+        "quatern": (352, "d", 3), "qoffset": (376, "d", 3), "srow": (400, "d", 12)},
+}
+
+
+def nifti_header_problems(head: bytes) -> list[str]:
+    """Geometry fields of a raw NIfTI-1/-2 header (the decompressed first bytes of the file) that
+    SimpleITK must not be given: non-finite or non-positive voxel sizes, non-finite qform or sform
+    parameters in a transform the header declares (code > 0).
+
+    ITK reads such headers without error but silently makes something up (a NaN or 0 pixdim
+    becomes spacing 1, an infinite qoffset origin 0), and an infinite offset in a degenerate sform
+    makes its SVD loop forever. Returns [] for anything that is not a NIfTI header (left to the
+    reader to refuse)."""
+    version, order = None, None
+    for bo in "<>":
+        if len(head) >= 540 and struct.unpack_from(bo + "i", head, 0)[0] == 540:
+            version, order = 2, bo
+            break
+    if version is None and len(head) >= 348:
+        for bo in "<>":  # nifticlib picks the byte order that makes dim[0] 1..7
+            if 1 <= struct.unpack_from(bo + "h", head, 40)[0] <= 7:
+                version, order = 1, bo
+                break
+    if version is None:
+        return []
+    fields = {}
+    for name, (offset, code, count) in _NIFTI_GEOMETRY[version].items():
+        values = struct.unpack_from(f"{order}{count}{code}", head, offset)
+        fields[name] = values if count > 1 else values[0]
+    problems = []
+    ndim = fields["dim"][0]
+    for axis in range(1, min(ndim, 3) + 1):
+        value = fields["pixdim"][axis]
+        if not (math.isfinite(value) and value > 0):
+            problems.append(f"pixdim[{axis}] (voxel size) = {value:g}, expected a finite number > 0")
+    if fields["qform_code"] > 0:
+        names = ("quatern_b", "quatern_c", "quatern_d", "qoffset_x", "qoffset_y", "qoffset_z", "pixdim[0] (qfac)")
+        for name, value in zip(names, (*fields["quatern"], *fields["qoffset"], fields["pixdim"][0])):
+            if not math.isfinite(value):
+                problems.append(f"{name} = {value:g} with qform_code {fields['qform_code']}, expected a finite number")
+    if fields["sform_code"] > 0:
+        for index, value in enumerate(fields["srow"]):
+            if not math.isfinite(value):
+                problems.append(f"srow_{'xyz'[index // 4]}[{index % 4}] = {value:g} with sform_code "
+                                f"{fields['sform_code']}, expected a finite number")
+    return problems
+
+
+def _refuse_bad_geometry(path: str, head: bytes) -> None:
+    problems = nifti_header_problems(head)
+    if problems:
+        raise ImageReadError(path, "; ".join(problems), check="invalid_geometry")
+
+
 def read_header(path) -> ImageHeader:
     """Read only the header (SimpleITK ``ReadImageInformation``, NIfTI ImageIO named; ~ms).
 
@@ -264,6 +323,9 @@ def read_header(path) -> ImageHeader:
     """
     p = os.fspath(path)
     _stat_regular(p)
+    with open(p, "rb") as f:
+        start = f.read(1 << 16)
+    _refuse_bad_geometry(p, _inflate_head(start) if start.startswith(_GZIP_MAGIC) else start[:_HEAD_BYTES])
     return _read_header(p)[0]
 
 
@@ -503,8 +565,8 @@ def _too_large(path: str, what: str, nbytes: int, max_bytes: int) -> ImageReadEr
     return ImageReadError(
         path,
         f"image too large: the header describes {what} = {nbytes:,} bytes decoded, more than the "
-        f"limit of {max_bytes:,} bytes; raise it with read_image(..., max_bytes=N) "
-        "(max_bytes=None disables the limit)",
+        f"limit of {max_bytes:,} bytes; raise the limit with `catalog ingest --max-image-gb` "
+        "(read_image(..., max_bytes=N) in Python)",
         check="image_too_large",
     )
 
@@ -551,7 +613,10 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
     raw = None
     if io == "NiftiImageIO":
         # nifticlib (gzopen) reads plain bytes in a .nii.gz too, so sniff the content, not the name
-        raw = _parse_nifti1(_inflate_head(data) if is_gzip else data[:_HEAD_BYTES])
+        head = _inflate_head(data) if is_gzip else data[:_HEAD_BYTES]
+        # before SimpleITK ever sees the header: it silently invents some geometry, hangs on other
+        _refuse_bad_geometry(p, head)
+        raw = _parse_nifti1(head)
 
     # Refuse absurd sizes from the raw header before inflating anything big.
     if raw is not None and max_bytes is not None:

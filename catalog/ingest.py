@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 
 from . import __version__, dialect
 from .analysis.case import ANALYSIS_VERSION
@@ -27,6 +27,7 @@ from .casework import CaseJob, CaseOutcome, run_case
 from .checks import ERROR, FindingData
 from .db import session_scope
 from .imageio import DEFAULT_MAX_IMAGE_BYTES, stat_file
+from .errors import DatasetLayoutError
 from .layout import CaseFiles, TaskLayout, read_layout
 from .models import (
     Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, Finding, IngestRun, Task, TaskChannel,
@@ -112,7 +113,11 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
     the catalog keeps the path of the first ingest (`update_root=True` replaces it).
     """
     started = time.monotonic()
-    layout = read_layout(task_dir)
+    try:
+        layout = read_layout(task_dir)
+    except DatasetLayoutError as exc:
+        _record_layout_error(engine, task_dir, exc)
+        raise
     workers = workers or default_workers()
     worker_name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     task_id, run_id, force_all = _sync_task(engine, layout, update_root, workers, force)
@@ -137,6 +142,18 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
     return summary
 
 
+def _record_layout_error(engine: Engine, task_dir, exc: DatasetLayoutError) -> None:
+    """A task already in the catalog whose dataset.json became unusable keeps its rows and gets a
+    task-level finding (export then refuses it until the file is fixed)."""
+    name = os.path.basename(os.path.normpath(os.fspath(task_dir)))
+    with session_scope(engine) as session:
+        task = session.scalar(select(Task).where(Task.name == name))
+        if task is None:
+            return
+        session.execute(delete(Finding).where(Finding.task_id == task.id, Finding.case_identifier.is_(None)))
+        _add_finding(session, task.id, None, FindingData(exc.check, str(exc), None, exc.path))
+
+
 def _has_statistics(engine: Engine, task_id: int) -> bool:
     from .models import ChannelStatistics
 
@@ -152,6 +169,7 @@ def _sync_task(engine: Engine, layout: TaskLayout, update_root: bool, workers: i
     """Upsert the task row and its channels/labels; open an ingest run. Returns
     (task id, run id, whether every case must be re-analysed because the labels changed)."""
     with session_scope(engine) as session:
+        dialect.lock_task(session, layout.name)  # other workers may be starting on the same task
         task = session.scalar(select(Task).where(Task.name == layout.name))
         labels_changed = False
         if task is None:
@@ -172,6 +190,10 @@ def _sync_task(engine: Engine, layout: TaskLayout, update_root: bool, workers: i
         task.channels.extend(TaskChannel(channel=c, name=n) for c, n in layout.modalities.items())
         task.labels.extend(TaskLabel(value=v, position=i, name=n) for i, (v, n) in enumerate(layout.labels.items()))
         session.flush()
+        for stale_run in session.scalars(select(IngestRun).where(IngestRun.task_id == task.id,
+                                                                 IngestRun.status == "running")):
+            if _worker_is_dead(f"{stale_run.host}:{stale_run.pid}:"):
+                stale_run.status = "killed"  # its finished cases are stored; the rest is redone
         run = IngestRun(task_id=task.id, catalog_version=__version__, analysis_version=ANALYSIS_VERSION,
                         host=socket.gethostname(), pid=os.getpid(),
                         parameters={"task_dir": layout.root, "workers": workers, "force": force})
@@ -191,6 +213,7 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
             listing_errors.setdefault(finding.case, []).append(finding)
     plan: list[_Planned] = []
     with session_scope(engine) as session:
+        dialect.lock_task(session, layout.name)
         cases = {c.identifier: c for c in session.scalars(select(Case).where(Case.task_id == task_id))}
         stored_files: dict[int, dict[str, CaseFile]] = {}
         for f in session.scalars(select(CaseFile).join(Case).where(Case.task_id == task_id)):
@@ -282,7 +305,8 @@ class _Runner:
         if self.workers > 1 and len(plan) > 1:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["catalog.casework"])
-            self.pool = cf.ProcessPoolExecutor(max_workers=min(self.workers, len(plan)), mp_context=context)
+            self.pool_size = min(self.workers, len(plan))
+            self.pool = cf.ProcessPoolExecutor(max_workers=self.pool_size, mp_context=context)
         try:
             while waiting or self.in_flight:
                 skipped = []
@@ -319,8 +343,19 @@ class _Runner:
             except Exception as exc:  # noqa: BLE001 - reported as a finding below
                 future.set_exception(exc)
         else:
-            future = self.pool.submit(run_case, job)
+            try:
+                future = self.pool.submit(run_case, job)
+            except cf.BrokenExecutor:
+                self._replace_pool()
+                future = self.pool.submit(run_case, job)
         self.in_flight[future] = item
+
+    def _replace_pool(self) -> None:
+        """A worker process died (e.g. the OOM killer): its cases became analysis_failed
+        findings; carry on with a new pool."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = cf.ProcessPoolExecutor(max_workers=self.pool_size,
+                                           mp_context=multiprocessing.get_context("forkserver"))
 
     def _collect(self, timeout: float) -> None:
         done, _ = cf.wait(list(self.in_flight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -408,16 +443,22 @@ class _Runner:
             if outcome.failed:
                 _mark_failed(session, case, self.run_id)
                 summary.failed += 1
+                counter = "n_failed"
             elif outcome.unchanged:
                 _replace_files(session, case, outcome)  # same content, new mtimes
                 summary.unchanged += 1
+                counter = "n_unchanged"
             else:
                 _store_analysis(session, case, outcome, self.run_id, self.class_values)
                 summary.new += item.kind == "new"
                 summary.changed += item.kind == "changed"
+                counter = "n_new" if item.kind == "new" else "n_changed"
                 summary.case_seconds.append(outcome.read_seconds + outcome.analysis_seconds)
                 summary.read_seconds.append(outcome.read_seconds)
             session.delete(claim)
+            # counted with the case, so a killed run's row still says what it stored
+            column = getattr(IngestRun, counter)
+            session.execute(update(IngestRun).where(IngestRun.id == self.run_id).values({column: column + 1}))
         summary.findings.extend(outcome.findings)
         self._tick(item, failed=outcome.failed)
 

@@ -542,7 +542,7 @@ def test_fuzz_flips_and_truncations(tmp_path, fuzz_sources, suffix, flips, heade
     try:
         loaded = read_image(path, max_bytes=1 << 24)
     except ImageReadError as exc:
-        assert exc.check in ("truncated_file", "corrupt_file", "unreadable_file", "image_too_large")
+        assert exc.check in ("truncated_file", "corrupt_file", "unreadable_file", "image_too_large", "invalid_geometry")
         assert str(path) in str(exc)
     else:
         assert isinstance(loaded, LoadedImage)

@@ -63,10 +63,12 @@ def std_v1(values: np.ndarray) -> np.float32:
     n = values.shape[0]
     mean = np.add.reduce(values, dtype=np.float32, keepdims=True)
     mean = (mean.astype(np.float64) / n).astype(np.float32)
-    deviation = values - mean
-    np.multiply(deviation, deviation, out=deviation)
-    total = np.add.reduce(deviation, dtype=np.float32)
-    return np.sqrt(np.float32(np.float64(total) / n))
+    # float32 overflows to inf for |values| around 1e19, as in nnU-Net v1: keep that, silently
+    with np.errstate(over="ignore", invalid="ignore"):
+        deviation = values - mean
+        np.multiply(deviation, deviation, out=deviation)
+        total = np.add.reduce(deviation, dtype=np.float32)
+        return np.sqrt(np.float32(np.float64(total) / n))
 
 
 @dataclass(frozen=True)
