@@ -49,7 +49,8 @@ def fill_holes_in_box(mask_in_box: np.ndarray) -> np.ndarray:
     face-touching region into the single component that starts at the first voxel (label 1),
     so one 6-connected labelling and one comparison give the filled mask.
     """
-    zeros = np.pad(~mask_in_box, 1, mode="constant", constant_values=True)
+    zeros = np.ones(tuple(n + 2 for n in mask_in_box.shape), dtype=bool)
+    np.logical_not(mask_in_box, out=zeros[1:-1, 1:-1, 1:-1])
     labels = cc3d.connected_components(zeros, connectivity=6)
     return labels[1:-1, 1:-1, 1:-1] != 1
 
