@@ -1,0 +1,156 @@
+"""One measured operation in a fresh process: `_stage.py STAGE JSON-PARAMS`.
+
+Prints one line `STAGE-RESULT {json}`. Every stage reports `seconds` (the operation only: no
+interpreter start, no imports, no engine creation), `self_maxrss` (this process's peak RSS,
+bytes), `children_maxrss` (the largest peak RSS among its worker processes, bytes, or null when it
+started none) and `baseline_rss` (RSS just before the operation: interpreter + imports).
+
+Peak RSS of pool workers: fork-context workers are our children; forkserver-context workers (what
+catalog uses) are children of the forkserver, which reaps them; stopping the forkserver once the
+pool is gone makes their peak visible in getrusage(RUSAGE_CHILDREN) here.
+
+Stages:
+  floor    {"files": [...], "workers": N}       SimpleITK ReadImage + GetArrayFromImage of every
+                                                file once, in a fork pool of N processes
+  ingest   {"db": URL, "task_dir": DIR, "workers": N, "force": bool, "profile": FILE|null}
+  export   {"db": URL, "task": NAME, "out": DIR, "workers": N, "remove_after": bool}
+  properties {"db": URL, "task": NAME}          catalog.properties.load_properties (with intensity)
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+
+
+def _rss_now() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _stop_forkserver() -> None:
+    try:
+        from multiprocessing import forkserver
+
+        fs = forkserver._forkserver
+        if getattr(fs, "_forkserver_pid", None) is not None:
+            fs._stop()
+    except Exception:  # noqa: BLE001 - only affects the memory figure
+        pass
+
+
+def _maxrss() -> tuple[int, int | None]:
+    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return self_rss, (children or None)
+
+
+def _read_one(path: str) -> tuple[float, int]:
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    array = sitk.GetArrayFromImage(sitk.ReadImage(path))
+    return time.perf_counter() - t0, int(array.nbytes)
+
+
+def stage_floor(p: dict) -> dict:
+    import concurrent.futures as cf
+    import multiprocessing
+
+    import SimpleITK  # noqa: F401  (imported before the fork, as the workers need it)
+
+    files = p["files"]
+    baseline = _rss_now()
+    t0 = time.perf_counter()
+    with cf.ProcessPoolExecutor(max_workers=p["workers"], mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_read_one, files, chunksize=1))
+    seconds = time.perf_counter() - t0
+    self_rss, children = _maxrss()
+    return {"seconds": seconds, "per_file_seconds": [r[0] for r in results],
+            "decoded_bytes": sum(r[1] for r in results), "baseline_rss": baseline,
+            "self_maxrss": self_rss, "children_maxrss": children}
+
+
+def stage_ingest(p: dict) -> dict:
+    from catalog.db import make_engine
+    from catalog.ingest import ingest_task
+
+    t0 = time.perf_counter()
+    engine = make_engine(p["db"])
+    engine_seconds = time.perf_counter() - t0
+    baseline = _rss_now()
+    profiler = None
+    if p.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    t0 = time.perf_counter()
+    summary = ingest_task(engine, p["task_dir"], workers=p["workers"], force=p.get("force", False))
+    seconds = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(p["profile"])
+    engine.dispose()
+    _stop_forkserver()
+    self_rss, children = _maxrss()
+    return {"seconds": seconds, "summary_seconds": summary.seconds, "engine_seconds": engine_seconds,
+            "case_seconds": list(summary.case_seconds), "read_seconds": list(summary.read_seconds),
+            "db_seconds": summary.db_seconds, "new": summary.new, "changed": summary.changed,
+            "unchanged": summary.unchanged, "failed": summary.failed, "removed": summary.removed,
+            "elsewhere": summary.elsewhere, "errors": summary.errors,
+            "findings": [f"{f.check}: {f.message}" for f in summary.findings if f.severity == "error"][:5],
+            "baseline_rss": baseline, "self_maxrss": self_rss, "children_maxrss": children,
+            "pid": os.getpid()}
+
+
+def stage_export(p: dict) -> dict:
+    import shutil
+    from pathlib import Path
+
+    from catalog.db import make_engine
+    from catalog.export.nnunet_v1 import export_nnunet_v1
+
+    engine = make_engine(p["db"])
+    baseline = _rss_now()
+    t0 = time.perf_counter()
+    export_nnunet_v1(engine, p["task"], p["out"], workers=p["workers"], overwrite=True)
+    seconds = time.perf_counter() - t0
+    engine.dispose()
+    npz_bytes = sum(f.stat().st_size for f in Path(p["out"]).glob("*.npz"))
+    if p.get("remove_after"):
+        shutil.rmtree(p["out"], ignore_errors=True)
+    _stop_forkserver()
+    self_rss, children = _maxrss()
+    return {"seconds": seconds, "npz_bytes": npz_bytes, "baseline_rss": baseline, "self_maxrss": self_rss,
+            "children_maxrss": children}
+
+
+def stage_properties(p: dict) -> dict:
+    from catalog.db import make_engine
+    from catalog.properties import load_properties
+
+    engine = make_engine(p["db"])
+    t0 = time.perf_counter()
+    props = load_properties(engine, p["task"], intensity=True)
+    seconds = time.perf_counter() - t0
+    engine.dispose()
+    self_rss, children = _maxrss()
+    return {"seconds": seconds, "cases": len(props.cases), "self_maxrss": self_rss, "children_maxrss": children}
+
+
+def main() -> int:
+    stage, params = sys.argv[1], json.loads(sys.argv[2])
+    result = {"floor": stage_floor, "ingest": stage_ingest, "export": stage_export,
+              "properties": stage_properties}[stage](params)
+    print("STAGE-RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Ingest speed against the decode floor and against nnU-Net v1 (issue 7).
+
+For each task (a CT-like and a 4-channel MRI-like one, generated once into --work) and each
+process count N (default 1, then 2), measured side by side in one run, each step in a fresh
+process, the raw files in the page cache:
+
+  (a) decode floor: SimpleITK ReadImage + GetArrayFromImage of every image and label once, in a
+      process pool of N;
+  (b) `catalog ingest` into a fresh SQLite database, N workers;
+  (c) `catalog export nnunet-v1` of that database, N workers;
+  (d) nnU-Net v1's crop + DatasetAnalyzer.analyze_dataset (real nnunet 1.7.1 in the parity side
+      env, N processes), with its np.savez_compressed and SimpleITK.ReadImage calls timed.
+
+(a), (b) and (c) run --repeat times (default 2) in alternating order and the fastest of each is kept:
+the machine's speed drifts by up to 2x within minutes, so single runs are not comparable.
+
+Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
+bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
+
+  ingest <= 2.0x floor (CT), <= 1.3x (MR); (d) >= 5x (b + c); peak RSS per worker <= 3x the
+  largest case's raw voxel bytes; ingest with 2 workers >= 1.8x faster than with 1.
+
+(d) is v1's crop + analyze_dataset seconds as run_v1.py reports them (interpreter start-up and
+run_v1.py's extra props_per_case.pkl step excluded: the comparison favours v1).
+
+  python benchmarks/bench_ingest.py                    # 12 CT + 8 MR cases, 1 and 2 workers (~13 min)
+  python benchmarks/bench_ingest.py --quick            # tiny tasks, about a minute
+  python benchmarks/bench_ingest.py --v1 all           # nnU-Net v1 at N=1 too (~25 min)
+  python benchmarks/bench_ingest.py --ct-cases 6 --mr-cases 4 --work /data/bench
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (Table, cached_benchmark_task, cached_small_task, log, mib, raw_voxel_bytes,  # noqa: E402
+                     run_stage, run_v1, task_files, warm_page_cache, work_dir)
+
+FLOOR_TARGET = {"ct": 2.0, "mr": 1.3}
+V1_TARGET = 5.0
+MEMORY_FACTOR = 3.0
+SCALING_TARGET = 1.8
+STEP_NAMES = {"floor": "decode floor", "ingest": "catalog ingest", "export": "catalog export nnunet-v1"}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--work", help="folder for generated tasks and outputs (default: $TMPDIR/catalog-bench; "
+                                   "generated tasks are reused from there)")
+    ap.add_argument("--quick", action="store_true", help="tiny tasks (make_task), about a minute: checks the "
+                                                         "script works; the figures mean nothing")
+    ap.add_argument("--ct-cases", type=int, default=12)
+    ap.add_argument("--mr-cases", type=int, default=8)
+    ap.add_argument("--kinds", default="ct,mr", help="which tasks: ct, mr or ct,mr")
+    ap.add_argument("--workers", default="1,2", help="process counts, comma separated (default 1,2)")
+    ap.add_argument("--v1", choices=("all", "max", "none"), default="max",
+                    help="run nnU-Net v1 only at the largest process count (max, default: keeps a full run "
+                         "near 13 min), at every process count (all: +11 min for 12 CT cases), or not at all")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds of floor + ingest + export (alternating order), "
+                                                       "keep the fastest of each (default 2); v1 runs once")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="cProfile the first 1-worker ingest round (catalog "
+                    "analyses in-process then; the other rounds are not profiled); prints the top functions")
+    ap.add_argument("--json", help="also write every measurement to this JSON file")
+    ap.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target is missed")
+    return ap.parse_args(argv)
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.2f} s"
+
+
+def print_profile(path: Path, top: int = 25) -> None:
+    import io
+    import pstats
+
+    for key in ("tottime", "cumulative"):
+        out = io.StringIO()
+        pstats.Stats(str(path), stream=out).sort_stats(key).print_stats(top)
+        text = out.getvalue()
+        start = text.find("   ncalls")
+        print(f"\n-- cProfile of the 1-worker ingest, top {top} by {key} ({path}) --")
+        print(text[start:].rstrip())
+
+
+def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], table: Table, record: dict) -> None:
+    run_dir = work / "run"
+    run_dir.mkdir(exist_ok=True)
+    cases = task_files(task)
+    files = [str(f) for _, fs in cases for f in fs]
+    largest = max(raw_voxel_bytes(fs) for _, fs in cases)
+    in_bytes = warm_page_cache(files)
+    raw_base = task.parent.parent
+    rec = record.setdefault(kind, {"task": str(task), "cases": len(cases), "largest_case_raw_bytes": largest,
+                                   "input_bytes": in_bytes, "by_workers": {}})
+    memory_limit = MEMORY_FACTOR * largest
+    table.section(f"{kind.upper()}: {task.name}, {len(cases)} cases, {len(files)} files, "
+                  f"{in_bytes / 2**20:,.0f} MiB .nii.gz; largest case {mib(largest)} raw voxels")
+    v1_at = {"all": set(workers), "max": {max(workers)}, "none": set()}[args.v1]
+
+    for n in workers:
+        m: dict = {}
+        for r in range(args.repeat):
+            # the steps alternate their order from round to round; the fastest of each is kept.
+            # (export reads the database of the latest ingest, so round 1 ingests first)
+            steps = ("floor", "ingest", "export") if r % 2 == 0 else ("export", "ingest", "floor")
+            db_path = run_dir / f"{kind}-ingest-w{n}.db"
+            for step in steps:
+                log(f"{kind}: N={n} {STEP_NAMES[step]} (round {r + 1})")
+                if step == "floor":
+                    value = run_stage("floor", files=files, workers=n)
+                elif step == "export":
+                    value = run_stage("export", db=f"sqlite:///{db_path}", task=task.name,
+                                      out=str(run_dir / f"{kind}-export-w{n}"), workers=n, remove_after=True)
+                else:
+                    for suffix in ("", "-wal", "-shm"):
+                        Path(str(db_path) + suffix).unlink(missing_ok=True)
+                    profile = run_dir / f"{kind}-ingest-w1.prof" if args.profile and n == 1 and r == 0 else None
+                    value = run_stage("ingest", db=f"sqlite:///{db_path}", task_dir=str(task), workers=n,
+                                      profile=str(profile) if profile else None)
+                    if value["errors"] or value["failed"]:
+                        raise SystemExit(f"ingest reported errors: {value['findings']}")
+                    if profile:
+                        m["profile"] = str(profile)
+                m.setdefault("rounds", []).append((step, value["seconds"]))
+                if step not in m or value["seconds"] < m[step]["seconds"]:
+                    m[step] = value
+        if n in v1_at:
+            log(f"{kind}: N={n} nnU-Net v1 crop + DatasetAnalyzer (side env)")
+            m["v1"] = run_v1(raw_base, task.name, n, run_dir / f"v1-{kind}-w{n}.json")
+        rec["by_workers"][n] = m
+
+        floor, ingest, export = m["floor"], m["ingest"], m["export"]
+        table.section(f"{kind.upper()}, {n} process{'es' if n > 1 else ''}")
+        rounds = lambda step: ", ".join(f"{x:.1f}" for st, x in m["rounds"] if st == step)  # noqa: E731
+        table.info("(a) decode floor: SimpleITK read of every file",
+                   f"{fmt_s(floor['seconds'])}  (sum per file {sum(floor['per_file_seconds']):.2f} s; "
+                   f"rounds {rounds('floor')})")
+        table.info("(b) catalog ingest (SQLite)",
+                   f"{fmt_s(ingest['seconds'])}  (read {sum(ingest['read_seconds']):.2f} s + analysis "
+                   f"{sum(ingest['case_seconds']) - sum(ingest['read_seconds']):.2f} s summed; db {ingest['db_seconds']:.2f} s; "
+                   f"rounds {rounds('ingest')})")
+        ratio = ingest["seconds"] / floor["seconds"]
+        table.check("ingest / floor", f"{ratio:.2f}x", f"<= {FLOOR_TARGET[kind]:.1f}x", ratio <= FLOOR_TARGET[kind])
+        table.info("    catalog read vs SimpleITK decode (summed)",
+                   f"{sum(ingest['read_seconds']):.2f} s vs {sum(floor['per_file_seconds']):.2f} s "
+                   f"({sum(ingest['read_seconds']) / sum(floor['per_file_seconds']):.2f}x)")
+        table.info("(c) catalog export nnunet-v1", f"{fmt_s(export['seconds'])}  (npz {mib(export['npz_bytes'])}; "
+                                                   f"rounds {rounds('export')})")
+        if "v1" in m:
+            v1 = m["v1"]
+            v1_seconds = v1["seconds"]["crop"] + v1["seconds"]["analyze_dataset"]
+            savez_n, savez_s = v1["calls"].get("np.savez_compressed", (0, 0.0))
+            read_n, read_s = v1["calls"].get("sitk.ReadImage", (0, 0.0))
+            table.info("(d) nnU-Net v1 crop + analyze_dataset",
+                       f"{fmt_s(v1_seconds)}  (crop {v1['seconds']['crop']:.1f} s, analyze "
+                       f"{v1['seconds']['analyze_dataset']:.1f} s; process wall {v1['wall']:.1f} s)")
+            table.info("    v1 np.savez_compressed, summed over its workers",
+                       f"{savez_s:.1f} s in {savez_n} calls = {savez_s / n / v1['seconds']['crop']:.0%} of crop "
+                       f"wall x {n}; npz {mib(v1['npz_bytes'])}")
+            table.info("    v1 sitk.ReadImage, summed over its workers", f"{read_s:.1f} s in {read_n} calls")
+            speed = v1_seconds / (ingest["seconds"] + export["seconds"])
+            table.check("v1 / (ingest + export)", f"{speed:.1f}x", f">= {V1_TARGET:.0f}x", speed >= V1_TARGET)
+            m["v1_ratio"] = speed
+        else:
+            table.info("(d) nnU-Net v1", "not run at this process count (--v1)")
+        worker_peak = ingest["children_maxrss"] if n > 1 and len(cases) > 1 else ingest["self_maxrss"]
+        table.check("peak RSS per ingest worker", f"{mib(worker_peak)} (interpreter + imports "
+                    f"{mib(ingest['baseline_rss'])})", f"<= {mib(memory_limit)}", worker_peak <= memory_limit)
+        export_peak = export["children_maxrss"] if n > 1 and len(cases) > 1 else export["self_maxrss"]
+        table.check("peak RSS per export worker", mib(export_peak), f"<= {mib(memory_limit)}",
+                    export_peak <= memory_limit)
+        if n > 1:
+            table.info("    ingest main process peak RSS", mib(ingest["self_maxrss"]))
+        if "v1" in m and m["v1"]["children_maxrss"]:
+            table.info("    v1 peak RSS per worker (info)", mib(m["v1"]["children_maxrss"]))
+        m.update(ingest_floor_ratio=ratio, worker_peak=worker_peak, export_peak=export_peak)
+
+    if 1 in workers and 2 in workers:
+        one, two = rec["by_workers"][1], rec["by_workers"][2]
+        table.section(f"{kind.upper()}, 2 processes vs 1")
+        speedup = one["ingest"]["seconds"] / two["ingest"]["seconds"]
+        table.check("ingest speed-up, 2 workers over 1", f"{speedup:.2f}x", f">= {SCALING_TARGET}x",
+                    speedup >= SCALING_TARGET)
+        table.info("    decode floor speed-up (info)", f"{one['floor']['seconds'] / two['floor']['seconds']:.2f}x")
+        table.info("    export speed-up (info)", f"{one['export']['seconds'] / two['export']['seconds']:.2f}x")
+        if "v1" in one and "v1" in two:
+            a = one["v1"]["seconds"]["crop"] + one["v1"]["seconds"]["analyze_dataset"]
+            b = two["v1"]["seconds"]["crop"] + two["v1"]["seconds"]["analyze_dataset"]
+            table.info("    nnU-Net v1 speed-up (info)", f"{a / b:.2f}x")
+        rec["speedup"] = speedup
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = work_dir(args.work)
+    workers = [int(x) for x in args.workers.split(",") if x.strip()]
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    started = time.monotonic()
+    tasks = {}
+    for kind in kinds:
+        if args.quick:
+            tasks[kind] = cached_small_task(work, kind, n_cases=4 if kind == "ct" else 3, shape_scale=1.0,
+                                            task_id=701 if kind == "ct" else 702, seed=args.seed)
+        else:
+            tasks[kind] = cached_benchmark_task(work, kind, args.ct_cases if kind == "ct" else args.mr_cases,
+                                                args.seed)
+    title = "bench_ingest (issue 7): catalog ingest vs decode floor vs nnU-Net v1"
+    if args.quick:
+        title += " -- QUICK MODE: tiny tasks, the figures say nothing about the targets"
+    table = Table(title)
+    record: dict = {"quick": args.quick, "workers": workers, "cpus": os.cpu_count()}
+    for kind in kinds:
+        bench_task(kind, tasks[kind], args, work, workers, table, record)
+    print()
+    print(table.render())
+    print(f"(total benchmark time {time.monotonic() - started:.0f} s; work dir {work})")
+    if args.profile:
+        for kind in kinds:
+            prof = record[kind]["by_workers"].get(1, {}).get("profile")
+            if prof:
+                print(f"\n== {kind.upper()} ==")
+                print_profile(Path(prof))
+    shutil.rmtree(work / "run", ignore_errors=True)  # databases, exports, v1 output
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    return 1 if args.fail_on_target and table.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
