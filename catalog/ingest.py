@@ -254,6 +254,8 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
             known_sha = ({rel: f.sha256 for rel, f in known.items()} if current and not force and known else None)
             plan.append(_Planned(case.id, files, kind, stats or {}, known_sha, case.ingest_run_id))
 
+        # Largest cases first: with several workers the run does not end on one big straggler.
+        plan.sort(key=lambda item: -sum(size for size, _ in item.stats.values()))
         for identifier, case in cases.items():
             if identifier not in listed and case.status != "removed":
                 case.status = "removed"

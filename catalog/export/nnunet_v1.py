@@ -14,6 +14,7 @@ slab into the zip, and compressed in parallel with a fast zlib level (still a no
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -334,12 +335,37 @@ def write_case_arrays(job: _CaseArrays) -> None:
     write_npz_stream(job.out_path, planes, job.compresslevel)
 
 
+@contextlib.contextmanager
+def _isal_deflate():
+    """Let zipfile deflate with ISA-L (about 4x faster than zlib at level 1, same format).
+
+    zipfile has no hook for its compressor, so its two module-level helpers are swapped for the
+    duration of one npz write (export workers are single-threaded processes)."""
+    try:
+        from isal import isal_zlib
+    except ImportError:  # plain zlib then
+        yield
+        return
+    saved = zipfile._get_compressor, zipfile.crc32
+
+    def get_compressor(compress_type, compresslevel=None):
+        if compress_type == zipfile.ZIP_DEFLATED:
+            return isal_zlib.compressobj(min(max(compresslevel or 1, 0), 3), isal_zlib.DEFLATED, -15)
+        return saved[0](compress_type, compresslevel)
+
+    zipfile._get_compressor, zipfile.crc32 = get_compressor, isal_zlib.crc32
+    try:
+        yield
+    finally:
+        zipfile._get_compressor, zipfile.crc32 = saved
+
+
 def write_npz_stream(path: str, planes: list[np.ndarray], compresslevel: int) -> None:
     """np.savez_compressed(path, data=np.stack(planes).astype(float32)) without building the stack."""
     shape = (len(planes), *planes[0].shape)
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel,
-                         allowZip64=True) as archive:
+    with _isal_deflate(), zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED,
+                                          compresslevel=compresslevel, allowZip64=True) as archive:
         with archive.open("data.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)
             slab = max(1, (1 << 24) // max(1, shape[2] * shape[3]))
