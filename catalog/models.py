@@ -51,6 +51,18 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class V1IntensityStats:
+    """nnU-Net v1's seven intensity statistics as columns; NULL where v1 has NaN (no samples)."""
+
+    median: Mapped[float | None] = mapped_column(Double)
+    mean: Mapped[float | None] = mapped_column(Double)
+    sd: Mapped[float | None] = mapped_column(Double)
+    mn: Mapped[float | None] = mapped_column(Double)
+    mx: Mapped[float | None] = mapped_column(Double)
+    percentile_99_5: Mapped[float | None] = mapped_column(Double)
+    percentile_00_5: Mapped[float | None] = mapped_column(Double)
+
+
 class Task(Base):
     """One raw task folder (nnU-Net v1 / MSD layout), keyed by its folder name."""
 
@@ -205,7 +217,7 @@ class CaseRegion(Base):
     volume_mm3: Mapped[float] = mapped_column(Double)
 
 
-class CaseChannel(Base):
+class CaseChannel(V1IntensityStats, Base):
     """Per case and channel: v1's foreground samples (lossless) and its `local_props`.
 
     `samples` is little-endian float32, exactly v1's `data[c][seg > 0][::10]` in C order of the
@@ -217,13 +229,6 @@ class CaseChannel(Base):
     channel: Mapped[int] = mapped_column(Integer, primary_key=True)
     sample_count: Mapped[int] = mapped_column(BigInteger)
     samples: Mapped[bytes] = mapped_column(LargeBinary)
-    median: Mapped[float | None] = mapped_column(Double)
-    mean: Mapped[float | None] = mapped_column(Double)
-    sd: Mapped[float | None] = mapped_column(Double)
-    mn: Mapped[float | None] = mapped_column(Double)
-    mx: Mapped[float | None] = mapped_column(Double)
-    percentile_99_5: Mapped[float | None] = mapped_column(Double)
-    percentile_00_5: Mapped[float | None] = mapped_column(Double)
     nonzero_min: Mapped[float | None] = mapped_column(Double)  # over the whole nonzero mask
     nonzero_max: Mapped[float | None] = mapped_column(Double)
 
@@ -273,7 +278,7 @@ class Export(Base):
     parameters: Mapped[dict] = mapped_column(JSON, default=dict)
 
 
-class ChannelStatistics(Base):
+class ChannelStatistics(V1IntensityStats, Base):
     """nnU-Net v1's global intensity statistics per task and channel, over the pooled samples of
     the task's analysed cases; refreshed at the end of every ingest (read by `channel_intensity`)."""
 
@@ -282,11 +287,4 @@ class ChannelStatistics(Base):
     channel: Mapped[int] = mapped_column(Integer, primary_key=True)
     cases: Mapped[int] = mapped_column(Integer)
     samples: Mapped[int] = mapped_column(BigInteger)
-    median: Mapped[float | None] = mapped_column(Double)
-    mean: Mapped[float | None] = mapped_column(Double)
-    sd: Mapped[float | None] = mapped_column(Double)
-    mn: Mapped[float | None] = mapped_column(Double)
-    mx: Mapped[float | None] = mapped_column(Double)
-    percentile_99_5: Mapped[float | None] = mapped_column(Double)
-    percentile_00_5: Mapped[float | None] = mapped_column(Double)
     computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
