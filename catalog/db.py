@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from . import dialect
 from .errors import CatalogError, SchemaOutOfDateError
@@ -60,11 +60,6 @@ def describe_db_error(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
     text = str(orig if orig is not None else exc).strip()
     return text.splitlines()[0] if text else exc.__class__.__name__
-
-
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    # expire_on_commit=False: objects stay readable after a per-case commit.
-    return sessionmaker(engine, expire_on_commit=False)
 
 
 @contextlib.contextmanager
