@@ -34,8 +34,6 @@ def pg_url():
 
     url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
     yield url.render_as_string(hide_password=False)
-    from sqlalchemy import create_engine  # noqa: F401  (engines are disposed by the tests)
-
     with _pg_admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

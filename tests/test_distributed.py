@@ -2,7 +2,6 @@
 and the same answers from both backends."""
 from __future__ import annotations
 
-import os
 import pickle
 import signal
 import subprocess

@@ -9,7 +9,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session

@@ -3,7 +3,6 @@ and `catalog query` / browsing commands."""
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
