@@ -22,10 +22,10 @@ def run_demo(folder: Path, db: str | None = None, *, workers: int | None = None,
     engine = make_engine(db)
     yield f"catalog: {resolve_url(db)}"
     for task in tasks:
-        summary = ingest_task(engine, task, workers=workers,
-                              progress=progress_factory(task.name) if progress_factory else None)
-        if progress_factory:
-            print(file=__import__("sys").stderr)
+        progress = progress_factory(task.name) if progress_factory else None
+        summary = ingest_task(engine, task, workers=workers, progress=progress)
+        if progress is not None:
+            progress.close()
         yield (f"{task.name}: {summary.new} new, {summary.changed} changed, {summary.unchanged} unchanged, "
                f"{summary.failed} failed cases; findings: "
                + (", ".join(f"{k} x{v}" for k, v in sorted(summary.findings_by_check.items())) or "none"))

@@ -26,6 +26,7 @@ NIfTI, vector/RGB/complex pixels, ...) is read by plain SimpleITK after the same
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -107,21 +108,27 @@ def stat_file(path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _read_bytes(path: str) -> tuple[bytes, int]:
-    """Read the whole file once; return (bytes, mtime_ns) taken from the same open file."""
+@contextlib.contextmanager
+def _open_regular(path: str):
+    """Open a regular file for reading; every failure is an ImageReadError naming the file."""
     try:
         with open(path, "rb") as fh:
             st = os.fstat(fh.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise ImageReadError(path, "not a regular file")
-            data = fh.read()
+            yield fh, st
     except FileNotFoundError:
         raise ImageReadError(path, "file does not exist", check="missing_file") from None
     except IsADirectoryError:
         raise ImageReadError(path, "not a regular file") from None
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from None
-    return data, st.st_mtime_ns
+
+
+def _read_bytes(path: str) -> tuple[bytes, int]:
+    """Read the whole file once; return (bytes, mtime_ns) taken from the same open file."""
+    with _open_regular(path) as (fh, st):
+        return fh.read(), st.st_mtime_ns
 
 
 def _fingerprint(path: str, data: bytes, mtime_ns: int) -> FileFingerprint:
@@ -131,20 +138,9 @@ def _fingerprint(path: str, data: bytes, mtime_ns: int) -> FileFingerprint:
 def fingerprint_file(path) -> FileFingerprint:
     """Hash the file's bytes as stored (no decompression, no decoding)."""
     p = os.fspath(path)
-    try:
-        with open(p, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ImageReadError(p, "not a regular file")
-            digest = hashlib.file_digest(fh, "sha256")
-            size = fh.tell()
-    except FileNotFoundError:
-        raise ImageReadError(p, "file does not exist", check="missing_file") from None
-    except IsADirectoryError:
-        raise ImageReadError(p, "not a regular file") from None
-    except OSError as exc:
-        raise ImageReadError(p, f"cannot read file: {exc.strerror or exc}") from None
-    return FileFingerprint(p, size, st.st_mtime_ns, digest.hexdigest())
+    with _open_regular(p) as (fh, st):
+        digest = hashlib.file_digest(fh, "sha256")
+        return FileFingerprint(p, fh.tell(), st.st_mtime_ns, digest.hexdigest())
 
 
 # --------------------------------------------------------------------------------------------

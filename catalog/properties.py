@@ -8,6 +8,9 @@ stored per-case sample arrays, in v1's case order, with numpy 1.x's formulas
 """
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -91,9 +94,6 @@ def find_task(session, name: str) -> Task:
 
 def task_name_for(engine: Engine, spec: str) -> str:
     """A catalog task name from a name, a folder path or a task number (`4` -> Task004_*)."""
-    import os
-    import re
-
     with engine.connect() as conn:
         names = list(conn.scalars(select(Task.name)))
     if spec in names:
@@ -110,9 +110,12 @@ def task_name_for(engine: Engine, spec: str) -> str:
     return spec  # find_task reports it
 
 
-def load_properties(engine: Engine, task_name: str, *, intensity: bool = True,
+def load_properties(engine: Engine, task_name: str, *, intensity: bool | Callable[[dict], bool] = True,
                     statuses: tuple[str, ...] = ("ok",)) -> DatasetProperties:
-    """Everything nnU-Net v1's DatasetAnalyzer derives, for the task's cases with `statuses`."""
+    """Everything nnU-Net v1's DatasetAnalyzer derives, for the task's cases with `statuses`.
+
+    `intensity` may be a rule deciding from the modalities ({channel: name}) whether to compute
+    the intensity statistics (as nnU-Net v1's command line does for CT)."""
     with Session(engine) as session:
         task = find_task(session, task_name)
         modalities = {c.channel: c.name for c in session.scalars(
@@ -146,7 +149,7 @@ def load_properties(engine: Engine, task_name: str, *, intensity: bool = True,
             all_classes=[label.value for label in labels if label.value > 0],
             class_names={label.value: label.name for label in labels}, modalities=modalities,
             excluded=dict(sorted(excluded.items())))
-        if intensity:
+        if intensity(props.modalities) if callable(intensity) else intensity:
             props.intensity = _intensity(session, props)
     return props
 

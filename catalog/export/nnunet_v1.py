@@ -80,10 +80,8 @@ def export_nnunet_v1(engine: Engine, task_name: str, out_dir: str | None = None,
     import time
 
     started = time.monotonic()
-    props = load_properties(engine, task_name, intensity=False)
-    with_intensity = wants_intensity(intensity, props.modalities)
-    if with_intensity:
-        props = load_properties(engine, task_name, intensity=True)
+    props = load_properties(engine, task_name, intensity=lambda modalities: wants_intensity(intensity, modalities))
+    with_intensity = props.intensity is not None
     skipped = _check_exportable(engine, props, skip_failed)
     out_dir = os.path.abspath(out_dir or default_out_dir(props.task))
     staging = _prepare_out_dir(out_dir, overwrite)
