@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import imageio
-from .analysis.case import CaseAnalysis, EmptyImageError, analyze_case
+from .analysis.case import CaseAnalysis, EmptyImageError, analyze_crop, label_in_box
+from .analysis.regions import analyze_regions
 from .checks import (
     FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, value_counts,
 )
@@ -156,24 +157,31 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
     if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
         label = label.astype(np.int16)  # whole, declared values (checked above)
     channels = [loaded[("image", c)].array for c in range(len(case.images))]
+    label_path = label_image.header.path
+    # from here on `channels` and `label` hold the only references to the voxels
+    loaded.clear()
+    del label_image, image  # (`image`: the check loops' variable)
     started = time.perf_counter()
     try:
-        outcome.analysis = analyze_case(channels, label, job.class_values)
+        crop = analyze_crop(channels, label)
     except EmptyImageError:
         findings.append(FindingData("empty_image", f"{reference.path}: every voxel of every channel is 0, "
                                     "there is no nonzero region to crop to", case.identifier, reference.path))
         return
+    channels.clear()  # the regions need only the label: free the images first (peak memory)
+    regions = analyze_regions(label_in_box(label, crop.bbox), job.class_values)
+    outcome.analysis = CaseAnalysis.from_parts(crop, regions)
     outcome.analysis_seconds = time.perf_counter() - started
 
     kept = outcome.analysis.regions.foreground_voxels
     if label_foreground == 0:
-        findings.append(FindingData("no_foreground", f"{label_image.header.path}: the label has no foreground "
-                                    "voxel (only 0)", case.identifier, label_image.header.path))
+        findings.append(FindingData("no_foreground", f"{label_path}: the label has no foreground voxel (only 0)",
+                                    case.identifier, label_path))
     elif kept < label_foreground:
         findings.append(FindingData(
-            "label_outside_crop", f"{label_image.header.path}: {label_foreground - kept} of {label_foreground} "
+            "label_outside_crop", f"{label_path}: {label_foreground - kept} of {label_foreground} "
             "labelled voxels lie outside the nonzero bounding box and are dropped (as nnU-Net v1 does)",
-            case.identifier, label_image.header.path))
+            case.identifier, label_path))
 
 
 def _declared_label_foreground(label: np.ndarray, declared: set[int]) -> int | None:

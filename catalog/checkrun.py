@@ -1,14 +1,13 @@
 """`catalog check`: every data check of an ingest, nothing stored."""
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 
 from .casework import CaseJob, run_case
 from .checks import ERROR, FindingData
 from .errors import DatasetLayoutError
 from .imageio import DEFAULT_MAX_IMAGE_BYTES
 from .layout import read_layout
+from .pool import process_pool
 
 
 def check_task(task_dir, *, workers: int | None = None,
@@ -34,8 +33,7 @@ def check_task(task_dir, *, workers: int | None = None,
         for job in jobs:
             findings.extend(_run_guarded(job))
         return findings
-    context = multiprocessing.get_context("forkserver")
-    with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         futures = [pool.submit(run_case, job) for job in jobs]
         for job, future in zip(jobs, futures):  # dataset.json order
             try:

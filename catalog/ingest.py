@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import hashlib
-import multiprocessing
 import os
 import socket
 import time
@@ -29,6 +28,7 @@ from .db import session_scope
 from .imageio import DEFAULT_MAX_IMAGE_BYTES, stat_file
 from .errors import DatasetLayoutError
 from .layout import CaseFiles, TaskLayout, read_layout
+from .pool import process_pool
 from .models import (
     Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, Finding, IngestRun, Task, TaskChannel,
     TaskLabel, utcnow,
@@ -305,14 +305,14 @@ class _Runner:
         waiting = list(plan)  # not yet claimed by us
         busy_since: dict[int, float] = {}
         if self.workers > 1 and len(plan) > 1:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["catalog.casework"])
             self.pool_size = min(self.workers, len(plan))
-            self.pool = cf.ProcessPoolExecutor(max_workers=self.pool_size, mp_context=context)
+            self.pool = process_pool(self.pool_size)
         try:
             while waiting or self.in_flight:
                 skipped = []
-                while waiting and len(self.in_flight) < self.workers:
+                # one case more than workers in a pool: a worker that finishes starts the next
+                # case at once instead of waiting for this process to store and claim
+                while waiting and len(self.in_flight) < self.workers + (self.pool is not None):
                     item = waiting.pop(0)
                     t0 = time.perf_counter()
                     verdict = self._claim(item)
@@ -356,8 +356,7 @@ class _Runner:
         """A worker process died (e.g. the OOM killer): its cases became analysis_failed
         findings; carry on with a new pool."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.pool = cf.ProcessPoolExecutor(max_workers=self.pool_size,
-                                           mp_context=multiprocessing.get_context("forkserver"))
+        self.pool = process_pool(self.pool_size)
 
     def _collect(self, timeout: float) -> None:
         done, _ = cf.wait(list(self.in_flight), timeout=timeout, return_when=cf.FIRST_COMPLETED)

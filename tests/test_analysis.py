@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import label as sk_label
 
+from catalog.analysis import crop as crop_module
 from catalog.analysis.case import analyze_case
 from catalog.analysis.crop import bounding_box, crop_mask, crop_seg, fill_holes_in_box, nonzero_mask
 from catalog.analysis.intensity import compute_stats, mean_v1, percentile_v1, pooled_stats, std_v1
@@ -55,6 +56,80 @@ def test_holes_touching_the_volume_border_are_not_filled():
     assert filled[2, 2:4, 2:4].all()
     assert not filled[0, 2:4, 2:4].any()
     np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+
+
+def _tube_volume(rng, shape):
+    """Random blobs plus zero tubes along z that open onto the first or last plane only: in a
+    slab that does not hold that plane they look enclosed, and only the union-find across slabs
+    shows they reach the border."""
+    mask = rng.random(shape) < rng.uniform(0.55, 0.9)
+    for _ in range(rng.integers(1, 4)):
+        y, x = rng.integers(1, shape[1] - 1), rng.integers(1, shape[2] - 1)
+        start, stop = sorted(rng.integers(0, shape[0], size=2))
+        if rng.random() < 0.5:
+            start = 0
+        else:
+            stop = shape[0]
+        mask[:, y - 1:y + 2, x - 1:x + 2] = True
+        mask[start:stop, y, x] = False
+        if rng.random() < 0.5:  # a side branch that turns back up: zig-zag across slabs
+            turn = (start + stop) // 2
+            mask[turn, y, x:min(shape[2] - 1, x + 3)] = False
+    mask[:, 0, :] = mask[:, -1, :] = mask[:, :, 0] = mask[:, :, -1] = True  # the box is the whole volume
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("slab_voxels", [1, 90, 700, 1 << 23])
+def test_slab_hole_filling_matches_scipy_whatever_the_slab_size(seed, slab_voxels):
+    rng = np.random.default_rng(500 + seed)
+    shape = (int(rng.integers(2, 24)), int(rng.integers(3, 12)), int(rng.integers(3, 12)))
+    mask = _tube_volume(rng, shape)
+    expected = ndimage.binary_fill_holes(mask)  # 6-connected holes, like v1
+    np.testing.assert_array_equal(fill_holes_in_box(mask, slab_voxels=slab_voxels), expected)
+
+
+def test_slab_hole_filling_relabels_a_slab_whose_region_escapes_through_another(monkeypatch):
+    mask = np.ones((8, 5, 5), bool)
+    mask[0:6, 2, 2] = False  # opens onto the first plane only
+    mask[7, 2, 2] = False  # on the last plane: reaches the border itself
+    calls = []
+    original = crop_module.cc3d.connected_components
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(crop_module.cc3d, "connected_components", counting)
+    filled = fill_holes_in_box(mask, slab_voxels=2 * 7 * 7)  # slabs of 2 planes
+    np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+    assert not filled[0:6, 2, 2].any()
+    assert len(calls) == 4 + 2  # 4 slabs, then planes 2-3 and 4-5 again: their tube reaches plane 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_analyze_case_does_not_depend_on_the_slab_size(seed, monkeypatch):
+    rng = np.random.default_rng(900 + seed)
+    shape = (17, 13, 11)
+    image = np.zeros(shape, np.int16)
+    image[1:-1, 2:, 1:-2] = rng.integers(-3, 4, size=(15, 11, 8))
+    label = np.zeros(shape, np.uint8)
+    for c in (1, 2):
+        label[random_volume(rng, shape, 0.2).astype(bool)] = c
+    whole = analyze_case([image, image * 2], label, [1, 2])
+    for slab_voxels in (1, 150, 1000):
+        monkeypatch.setattr(crop_module, "SLAB_VOXELS", slab_voxels)  # crop and sampling slabs
+        sliced = analyze_case([image, image * 2], label, [1, 2])
+        assert (sliced.bbox, sliced.cropped_shape, sliced.nonzero_voxels, sliced.seg_values, sliced.regions) == \
+            (whole.bbox, whole.cropped_shape, whole.nonzero_voxels, whole.seg_values, whole.regions)
+        for a, b in zip(sliced.channels, whole.channels):
+            np.testing.assert_array_equal(a.samples, b.samples)
+    # and against v1's way: the whole cropped seg, np.unique, data[seg > 0][::10]
+    bbox, filled = crop_mask([image, image * 2])
+    seg = crop_seg(label, bbox, filled)
+    assert whole.seg_values == tuple(int(v) for v in np.unique(seg))
+    box = tuple(slice(a, b) for a, b in bbox)
+    np.testing.assert_array_equal(whole.channels[1].samples, (image * 2)[box].astype(np.float32)[seg > 0][::10])
 
 
 def test_union_mask_over_channels():

@@ -19,25 +19,6 @@ SAMPLE_STEP = 10  # v1 keeps every 10th foreground voxel, starting at the first
 STAT_KEYS = ("median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")
 
 
-def foreground_sample_positions(seg: np.ndarray) -> np.ndarray:
-    """Flat C-order positions in the cropped (z, y, x) seg of v1's samples: seg > 0, every 10th."""
-    return np.flatnonzero(seg > 0)[::SAMPLE_STEP]
-
-
-def sample_channel(channel: np.ndarray, bbox_slices: tuple[slice, ...], positions: np.ndarray,
-                   cropped_shape: tuple[int, int, int]) -> np.ndarray:
-    """float32 values of one uncropped channel (z, y, x) at flat positions of the cropped array.
-
-    Indexing the uncropped channel avoids copying the crop; the float32 cast is v1's
-    `astype(np.float32)` applied to just the sampled values.
-    """
-    if positions.size == 0:
-        return np.empty(0, dtype=np.float32)
-    zyx = np.unravel_index(positions, cropped_shape)
-    full = tuple(idx + s.start for idx, s in zip(zyx, bbox_slices))
-    return channel[full].astype(np.float32)
-
-
 def percentile_v1(sorted_values: np.ndarray, q: float) -> np.float64:
     """numpy 1.x `np.percentile(float32_array, q)` (linear method) on an ascending float32 array."""
     n = sorted_values.shape[0]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
-from .crop import as_slices, bounding_box
+from .crop import as_slices, slab_bounding_box
 
 
 @dataclass(frozen=True)
@@ -38,26 +38,29 @@ class RegionAnalysis:
 def analyze_regions(seg: np.ndarray, class_values: Sequence[int]) -> RegionAnalysis:
     """Per class: voxel count and region sizes; and the region count of all classes together.
 
-    `seg` is the cropped seg (int, -1/0 background). `class_values` are the declared classes
-    (> 0); values present in `seg` but not requested are ignored, as v1 does. Work happens
-    inside the foreground's own bounding box, usually a small part of the crop.
+    `seg` is the cropped seg (integers, <= 0 background; v1's -1 marks may be there or not, so
+    the label cropped to the box serves too). `class_values` are the declared classes (> 0);
+    values present in `seg` but not requested are ignored, as v1 does. Work happens inside the
+    foreground's own bounding box, usually a small part of the crop.
     """
-    foreground = seg > 0
-    box = bounding_box(foreground)
+    box = slab_bounding_box(seg.shape, lambda z0, z1: seg[z0:z1] > 0)
     if box is None:
         empty = tuple(ClassRegions(int(c), 0, ()) for c in class_values)
         return RegionAnalysis(empty, 0, 0)
-    sub = np.ascontiguousarray(seg[as_slices(box)])
-    sub[sub < 0] = 0
+    sub = np.array(seg[as_slices(box)])  # contiguous copy of the foreground box only
+    if sub.dtype.kind == "i":
+        np.maximum(sub, 0, out=sub)
+    foreground_voxels = int(np.count_nonzero(sub))
     wanted = np.isin(sub, np.asarray(class_values, dtype=sub.dtype))
-    sub[~wanted] = 0
+    if np.count_nonzero(wanted) != foreground_voxels:
+        sub[~wanted] = 0  # undeclared values are background for the regions, as in v1
     components, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
 
-    flat_fg = np.flatnonzero(wanted)
-    comp_of_voxel = components.ravel()[flat_fg]
+    comp_of_voxel = components[wanted]
     class_of_component = np.zeros(n + 1, dtype=np.int64)
-    class_of_component[comp_of_voxel] = sub.ravel()[flat_fg]
+    class_of_component[comp_of_voxel] = sub[wanted]
     size_of_component = np.bincount(comp_of_voxel, minlength=n + 1)
+    del components, comp_of_voxel, sub  # before the second labelling: bounds peak memory
 
     classes = []
     for c in class_values:
@@ -65,8 +68,5 @@ def analyze_regions(seg: np.ndarray, class_values: Sequence[int]) -> RegionAnaly
         sizes = tuple(int(s) for s in size_of_component[members])
         classes.append(ClassRegions(int(c), int(sum(sizes)), sizes))
 
-    if flat_fg.size:
-        _, n_union = cc3d.connected_components(wanted, connectivity=26, return_N=True)
-    else:
-        n_union = 0
-    return RegionAnalysis(tuple(classes), int(n_union), int(np.count_nonzero(foreground)))
+    n_union = cc3d.connected_components(wanted, connectivity=26, return_N=True)[1] if n else 0
+    return RegionAnalysis(tuple(classes), int(n_union), foreground_voxels)

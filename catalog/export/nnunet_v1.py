@@ -13,12 +13,10 @@ slab into the zip, and compressed in parallel with a fast zlib level (still a no
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import zipfile
@@ -30,11 +28,12 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from .. import __version__
-from ..analysis.crop import as_slices, crop_mask, crop_seg
+from ..analysis.crop import as_slices, crop_mask, crop_seg, z_slabs
 from ..db import session_scope
 from ..errors import CatalogError, ExportRefusedError
 from ..models import Case, CaseClass, CaseRegion, Export, IngestRun
 from ..properties import DatasetProperties, error_cases, find_task, load_properties
+from ..pool import process_pool
 from .pickles import write_pickle
 
 PROVENANCE_FILE = "catalog_provenance.json"
@@ -299,8 +298,7 @@ def _run_parallel(jobs: list[_CaseArrays], workers: int | None, progress) -> Non
             if progress:
                 progress(done, len(jobs))
         return
-    context = multiprocessing.get_context("forkserver")
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         for _ in pool.map(write_case_arrays, jobs):
             done += 1
             if progress:
@@ -322,15 +320,28 @@ def write_case_arrays(job: _CaseArrays) -> None:
         raise ExportRefusedError(f"{job.identifier}: its files changed on disk since they were ingested "
                                  f"({job.root}); run `catalog ingest` first")
     channels = [img.array for img in images]
+    del images
     bbox, filled = crop_mask(channels)
     if [list(b) for b in bbox] != [list(b) for b in job.bbox]:
         raise ExportRefusedError(f"{job.identifier}: crop box {bbox} differs from the catalog's {job.bbox}")
-    label_values = label.array if label.array.dtype.kind in "iu" and label.array.dtype.itemsize <= 2 \
-        else label.array.astype(np.int16)
-    seg = crop_seg(label_values, bbox, filled)
-    slices = as_slices(bbox)
-    planes = [channel[slices] for channel in channels] + [seg]
-    write_npz_stream(job.out_path, planes, job.compresslevel)
+    shape = (len(channels) + 1, *(b - a for a, b in bbox))
+    write_npz_stream(job.out_path, shape, _data_slabs(channels, label.array, bbox, filled), job.compresslevel)
+
+
+_EXPORT_SLAB_VOXELS = 1 << 22  # 16 MiB of float32 per slab handed to the compressor
+
+
+def _data_slabs(channels, label, bbox, filled):
+    """v1's `data` array (float32 [C+1, z, y, x]: the cropped channels, then the cropped seg with
+    -1 outside the mask) in C order, as float32 slabs of whole planes: never the whole array."""
+    box = as_slices(bbox)
+    planes = list(z_slabs(bbox[0][1] - bbox[0][0], filled.shape[1] * filled.shape[2], _EXPORT_SLAB_VOXELS))
+    for channel in channels:
+        cropped = channel[box]
+        for z0, z1 in planes:
+            yield np.ascontiguousarray(cropped[z0:z1], dtype="<f4")
+    for z0, z1 in planes:
+        yield np.ascontiguousarray(crop_seg(label, bbox, filled, (z0, z1), dtype=np.float32), dtype="<f4")
 
 
 @contextlib.contextmanager
@@ -358,15 +369,13 @@ def _isal_deflate():
         zipfile._get_compressor, zipfile.crc32 = saved
 
 
-def write_npz_stream(path: str, planes: list[np.ndarray], compresslevel: int) -> None:
-    """np.savez_compressed(path, data=np.stack(planes).astype(float32)) without building the stack."""
-    shape = (len(planes), *planes[0].shape)
+def write_npz_stream(path: str, shape: tuple[int, ...], slabs, compresslevel: int) -> None:
+    """np.savez_compressed(path, data=array) for a little-endian float32 array of `shape` given as
+    C-ordered contiguous slabs (`slabs` yields them in order), without ever building the array."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": shape}
     with _isal_deflate(), zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED,
                                           compresslevel=compresslevel, allowZip64=True) as archive:
         with archive.open("data.npy", "w", force_zip64=True) as f:
             np.lib.format.write_array_header_1_0(f, header)
-            slab = max(1, (1 << 24) // max(1, shape[2] * shape[3]))
-            for plane in planes:
-                for z in range(0, plane.shape[0], slab):
-                    f.write(np.ascontiguousarray(plane[z:z + slab], dtype="<f4").data)
+            for slab in slabs:
+                f.write(slab.data)
