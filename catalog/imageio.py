@@ -125,13 +125,25 @@ def _open_regular(path: str):
         raise ImageReadError(path, f"cannot read file: {exc.strerror or exc}") from None
 
 
-def _read_bytes(path: str) -> tuple[bytes, int]:
-    """Read the whole file once; return (bytes, mtime_ns) taken from the same open file."""
+def _read_bytes(path: str) -> tuple[np.ndarray, int]:
+    """Read the whole file once into a uint8 array; return it and the mtime_ns of the same open
+    file. A numpy array rather than `bytes`: numpy asks the kernel for huge pages, which makes
+    the first touch of a large buffer several times cheaper (page faults were a fifth of ingest)."""
     with _open_regular(path) as (fh, st):
-        return fh.read(), st.st_mtime_ns
+        data = np.empty(st.st_size, dtype=np.uint8)
+        view, filled = memoryview(data), 0
+        while filled < data.size:
+            n = fh.readinto(view[filled:])
+            if not n:
+                break
+            filled += n
+        more = fh.read()  # the file grew since fstat
+        if filled < data.size or more:
+            data = np.concatenate([data[:filled], np.frombuffer(more, dtype=np.uint8)])
+        return data, st.st_mtime_ns
 
 
-def _fingerprint(path: str, data: bytes, mtime_ns: int) -> FileFingerprint:
+def _fingerprint(path: str, data, mtime_ns: int) -> FileFingerprint:
     return FileFingerprint(path, len(data), mtime_ns, hashlib.sha256(data).hexdigest())
 
 
@@ -347,47 +359,60 @@ def _inflate_head(data: bytes, nbytes: int = _HEAD_BYTES) -> bytes:
         feed *= 8
 
 
-def _inflate(path: str, data: bytes, expected: int | None, budget: int | None) -> bytes:
-    """Inflate a (possibly multi-member) gzip file, checking every member's CRC32 and ISIZE.
+_IN_PIECE = 1 << 20  # compressed bytes fed per call
+_OUT_PIECE = 4 << 20  # inflated bytes taken per call (small enough for malloc to reuse)
 
-    `expected` (bytes the NIfTI header needs, if known) only improves messages; `budget` caps the
-    inflated size so a corrupt or hostile stream cannot allocate without bound.
+
+def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budget: int | None) -> int:
+    """Inflate a (possibly multi-member) gzip file, checking every member's CRC32 and ISIZE;
+    return the inflated length.
+
+    The inflated bytes are written into `out` (a uint8 array at least `budget` long), or only
+    counted when `out` is None (the integrity check before a SimpleITK read). They are taken in
+    bounded pieces, so no temporary is large. `expected` (bytes the NIfTI header needs, if
+    known) only improves messages; `budget` caps the inflated size so a corrupt or hostile
+    stream cannot run without bound.
     """
-    mv = memoryview(data)
-    parts: list[bytes] = []
+    mv = memoryview(data).cast("B")
     total = 0
-    pos = 0
+    pos = 0  # next compressed byte to feed
     member = 0
     while True:
         member += 1
+        where = f"gzip member {member}" if member > 1 else "gzip stream"
         d = _zlib.decompressobj(31)  # 31 = gzip wrapper: zlib/ISA-L check CRC32 and ISIZE
-        try:
-            if budget is None:
-                chunk = d.decompress(mv[pos:])
+        while not d.eof:
+            if d.unconsumed_tail:
+                piece = d.unconsumed_tail
             else:
-                chunk = d.decompress(mv[pos:], budget - total + 1)
-        except _zlib.error as exc:
-            msg = str(exc)
-            where = f"gzip member {member}" if member > 1 else "gzip stream"
-            if "check" in msg.lower() or "checksum" in msg.lower():
+                piece = mv[pos:pos + _IN_PIECE]  # empty at the end: drains buffered output
+                pos += len(piece)
+            try:
+                chunk = d.decompress(piece, _OUT_PIECE)
+            except _zlib.error as exc:
+                msg = str(exc)
+                if "check" in msg.lower() or "checksum" in msg.lower():
+                    raise ImageReadError(
+                        path,
+                        f"{where}: CRC mismatch (CRC32/length trailer does not match the inflated "
+                        f"data; the file is corrupted) [{msg}]",
+                        check="corrupt_file",
+                    ) from None
+                raise ImageReadError(path, f"{where} is corrupted: {msg}", check="corrupt_file") from None
+            except (ValueError, OverflowError, MemoryError) as exc:
+                raise ImageReadError(path, f"cannot inflate gzip stream: {exc}", check="corrupt_file") from None
+            if budget is not None and total + len(chunk) > budget:
                 raise ImageReadError(
                     path,
-                    f"{where}: CRC mismatch (CRC32/length trailer does not match the inflated "
-                    f"data; the file is corrupted) [{msg}]",
+                    f"gzip stream inflates to more than {budget} bytes"
+                    + (f" although the header needs only {expected}" if expected is not None else ""),
                     check="corrupt_file",
-                ) from None
-            raise ImageReadError(path, f"{where} is corrupted: {msg}", check="corrupt_file") from None
-        except (ValueError, OverflowError, MemoryError) as exc:
-            raise ImageReadError(path, f"cannot inflate gzip stream: {exc}", check="corrupt_file") from None
-        if budget is not None and total + len(chunk) > budget:
-            raise ImageReadError(
-                path,
-                f"gzip stream inflates to more than {budget} bytes"
-                + (f" although the header needs only {expected}" if expected is not None else ""),
-                check="corrupt_file",
-            )
-        total += len(chunk)
-        parts.append(chunk)
+                )
+            if out is not None:
+                out[total:total + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+            total += len(chunk)
+            if not chunk and not piece:
+                break  # no input left and nothing buffered: the stream never ended
         if not d.eof:  # all input consumed, no end-of-stream/trailer: the file was cut short
             if expected is not None and total < expected:
                 msg = f"gzip stream ends after {total} of the {expected} bytes expected"
@@ -397,18 +422,18 @@ def _inflate(path: str, data: bytes, expected: int | None, budget: int | None) -
             else:
                 msg = f"gzip stream ends after {total} bytes without its end marker and CRC trailer"
             raise ImageReadError(path, f"truncated file: {msg}", check="truncated_file")
-        rest = d.unused_data
+        pos -= len(d.unused_data)  # fed beyond the member's end
+        rest = mv[pos:]
         if not rest:
             break
-        pos = len(data) - len(rest)
-        if rest.startswith(_GZIP_MAGIC):  # another gzip member (concatenated .gz files)
+        if bytes(rest[:2]) == _GZIP_MAGIC:  # another gzip member (concatenated .gz files)
             continue
-        if rest.count(0) == len(rest):  # zero padding after the last member (as gzip allows)
+        if not np.any(np.frombuffer(rest, dtype=np.uint8)):  # zero padding after the last member
             break
         raise ImageReadError(
             path, f"{len(rest)} bytes of trailing garbage after the gzip stream", check="corrupt_file"
         )
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,9 +549,10 @@ def _count_nonfinite(arr: np.ndarray) -> int:
     if arr.dtype.kind not in "fc" or arr.size == 0:
         return 0
     with np.errstate(over="ignore", invalid="ignore"):
-        # A finite float64 sum means every voxel is finite (cheap common case); float32 voxels
-        # cannot overflow a float64 sum.
-        if np.isfinite(np.sum(arr, dtype=np.complex128 if arr.dtype.kind == "c" else np.float64)):
+        # A finite sum means every voxel is finite (the cheap common case: one pass in the
+        # array's own dtype, about 2.5x faster than summing float32 in float64). An infinite sum
+        # of finite voxels (overflow) just falls through to the exact count below.
+        if np.isfinite(np.add.reduce(arr.reshape(-1))):
             return 0
     flat = arr.reshape(-1)
     return int(sum(np.count_nonzero(~np.isfinite(flat[i : i + _CHUNK]))
@@ -601,15 +627,16 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
     p = os.fspath(path)
     data, mtime_ns = _read_bytes(p)
     fingerprint = _fingerprint(p, data, mtime_ns)
-    if not data:
+    if not data.size:
         raise ImageReadError(p, "truncated file: the file is empty (0 bytes)", check="truncated_file")
 
     io = _imageio_for(p)
-    is_gzip = data.startswith(_GZIP_MAGIC) or data == _GZIP_MAGIC[:1]  # 1 byte: cut gzip
+    start = bytes(data[:_HEAD_BYTES])
+    is_gzip = start.startswith(_GZIP_MAGIC) or start == _GZIP_MAGIC[:1]  # 1 byte: cut gzip
+    head = _inflate_head(data) if is_gzip else start
     raw = None
     if io == "NiftiImageIO":
-        # nifticlib (gzopen) reads plain bytes in a .nii.gz too, so sniff the content, not the name
-        head = _inflate_head(data) if is_gzip else data[:_HEAD_BYTES]
+        # nifticlib (gzopen) reads plain bytes in a .nii.gz too, so sniff the content, not the name;
         # before SimpleITK ever sees the header: it silently invents some geometry, hangs on other
         _refuse_bad_geometry(p, head)
         raw = _parse_nifti1(head)
@@ -624,27 +651,32 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
                                 f"{raw.datatype})", need, max_bytes)
 
     if is_gzip:
+        # Decoded here only when this module understands the header; otherwise SimpleITK decodes
+        # the file after this integrity check, which then only counts the inflated bytes.
         if raw is not None:
             budget = raw.data_end + (1 << 20)
-        elif max_bytes is not None:
-            budget = 2 * max_bytes + (64 << 20)
+            buf = np.empty(budget, dtype=np.uint8)
         else:
-            budget = None
-        buf = _inflate(p, data, raw.data_end if raw is not None else None, budget)
+            budget = 2 * max_bytes + (64 << 20) if max_bytes is not None else None
+            buf = None
+        length = _inflate(p, data, buf, raw.data_end if raw is not None else None, budget)
+        del data  # the compressed bytes are not needed any more
+        buf = buf[:length] if buf is not None else None
         where = "the decompressed data holds"
     else:
         buf = data
+        length = data.size
         where = "the file holds"
-    if io == "NiftiImageIO" and len(buf) < _NIFTI1_HEADER_BYTES and (
-        len(buf) < 4 or buf[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
+    if io == "NiftiImageIO" and length < _NIFTI1_HEADER_BYTES and (
+        length < 4 or head[:4] in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c")
     ):  # starts like a NIfTI-1 header (sizeof_hdr = 348) but ends inside it
         raise ImageReadError(
-            p, f"truncated file: {where} only {len(buf)} bytes, the NIfTI-1 header alone needs "
+            p, f"truncated file: {where} only {length} bytes, the NIfTI-1 header alone needs "
             f"{_NIFTI1_HEADER_BYTES}", check="truncated_file")
-    if raw is not None and len(buf) < raw.data_end:
+    if raw is not None and length < raw.data_end:
         raise ImageReadError(
             p,
-            f"truncated file: {where} {len(buf)} bytes but the header needs {raw.data_end} "
+            f"truncated file: {where} {length} bytes but the header needs {raw.data_end} "
             f"(vox_offset {raw.vox_offset} + {raw.nvox} voxels x {raw.nbyper} bytes)",
             check="truncated_file",
         )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, delete, select, update
+from sqlalchemy import Engine, delete, insert, select, update
 
 from . import __version__, dialect
 from .analysis.case import ANALYSIS_VERSION
@@ -303,38 +303,53 @@ class _Runner:
     def run(self, plan: list[_Planned]) -> None:
         self.progress = Progress(total=len(plan))
         waiting = list(plan)  # not yet claimed by us
-        busy_since: dict[int, float] = {}
+        capacity = 1
         if self.workers > 1 and len(plan) > 1:
             self.pool_size = min(self.workers, len(plan))
             self.pool = process_pool(self.pool_size)
+            # a second case queued per worker: one that finishes starts the next at once
+            # instead of waiting for this process to store results and claim
+            capacity = 2 * self.pool_size
+        last_renewal = time.monotonic()
         try:
             while waiting or self.in_flight:
-                skipped = []
-                # one case more than workers in a pool: a worker that finishes starts the next
-                # case at once instead of waiting for this process to store and claim
-                while waiting and len(self.in_flight) < self.workers + (self.pool is not None):
-                    item = waiting.pop(0)
-                    t0 = time.perf_counter()
-                    verdict = self._claim(item)
-                    self.summary.db_seconds += time.perf_counter() - t0
-                    if verdict == "claimed":
-                        self._start(item)
-                    elif verdict == "busy":
-                        busy_since.setdefault(item.case_id, time.monotonic())
-                        skipped.append(item)
-                    else:  # done by another worker meanwhile
-                        self._count_elsewhere(item)
+                skipped = self._fill(waiting, capacity)
                 if self.in_flight:
-                    self._collect(timeout=min(5.0, self.lease / 4))
+                    finished = self._wait(timeout=min(5.0, self.lease / 4))
+                    if self.pool is not None:  # feed idle workers before storing
+                        skipped += self._fill(waiting, capacity)
+                    for item, outcome in finished:
+                        t0 = time.perf_counter()
+                        self._store(item, outcome)
+                        self.summary.db_seconds += time.perf_counter() - t0
                 elif skipped:
                     time.sleep(min(2.0, self.lease / 10))  # other workers hold these: wait for them
-                waiting = skipped + waiting
-                t0 = time.perf_counter()
-                self._renew()
-                self.summary.db_seconds += time.perf_counter() - t0
+                waiting[:0] = skipped
+                if time.monotonic() - last_renewal >= self.lease / 4:
+                    t0 = time.perf_counter()
+                    self._renew()
+                    self.summary.db_seconds += time.perf_counter() - t0
+                    last_renewal = time.monotonic()
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _fill(self, waiting: list[_Planned], capacity: int) -> list[_Planned]:
+        """Claim and start cases from `waiting` until `capacity` are in flight; returns the cases
+        other live workers hold (to try again later)."""
+        skipped = []
+        while waiting and len(self.in_flight) < capacity:
+            item = waiting.pop(0)
+            t0 = time.perf_counter()
+            verdict = self._claim(item)
+            self.summary.db_seconds += time.perf_counter() - t0
+            if verdict == "claimed":
+                self._start(item)
+            elif verdict == "busy":
+                skipped.append(item)
+            else:  # done by another worker meanwhile
+                self._count_elsewhere(item)
+        return skipped
 
     def _start(self, item: _Planned) -> None:
         job = CaseJob(self.layout.root, item.files, self.class_values, item.known_sha256, self.max_image_bytes)
@@ -358,8 +373,10 @@ class _Runner:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.pool = process_pool(self.pool_size)
 
-    def _collect(self, timeout: float) -> None:
+    def _wait(self, timeout: float) -> list[tuple[_Planned, CaseOutcome]]:
+        """Wait for at least one case in flight to finish (or the timeout); return the finished."""
         done, _ = cf.wait(list(self.in_flight), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        finished = []
         for future in done:
             item = self.in_flight.pop(future)
             try:
@@ -368,9 +385,8 @@ class _Runner:
                 outcome = CaseOutcome(item.files.identifier)
                 outcome.findings.append(FindingData("analysis_failed", f"analysis of case {item.files.identifier!r} "
                                                     f"failed: {exc.__class__.__name__}: {exc}", item.files.identifier))
-            t0 = time.perf_counter()
-            self._store(item, outcome)
-            self.summary.db_seconds += time.perf_counter() - t0
+            finished.append((item, outcome))
+        return finished
 
     def _claim(self, item: _Planned) -> str:
         """Take the case's lease: 'claimed', 'busy' (another live worker has it) or 'done'."""
@@ -480,10 +496,18 @@ def _worker_is_dead(worker: str) -> bool:
     return False
 
 
+def _insert(session, model, rows: list[dict]) -> None:
+    """Plain executemany INSERT of child rows: a fraction of the ORM unit of work's cost, and this
+    process stores while the workers compute."""
+    if rows:
+        session.execute(insert(model.__table__), rows)
+
+
 def _replace_files(session, case: Case, outcome: CaseOutcome) -> None:
     session.execute(delete(CaseFile).where(CaseFile.case_id == case.id))
-    session.add_all(CaseFile(case_id=case.id, role=f.role, channel=f.channel, path=f.path,
-                             size_bytes=f.size_bytes, mtime_ns=f.mtime_ns, sha256=f.sha256) for f in outcome.files)
+    _insert(session, CaseFile, [dict(case_id=case.id, role=f.role, channel=f.channel, path=f.path,
+                                     size_bytes=f.size_bytes, mtime_ns=f.mtime_ns, sha256=f.sha256)
+                                for f in outcome.files])
 
 
 def input_digest(files) -> str:
@@ -525,18 +549,17 @@ def _store_analysis(session, case: Case, outcome: CaseOutcome, run_id: int, clas
     case.all_classes_num_regions = a.regions.all_classes_num_regions
     case.all_classes_one_region = a.regions.all_classes_num_regions == 1
 
-    session.add_all(CaseClass(case_id=case.id, class_value=c.value, voxel_count=c.voxel_count,
-                              volume_mm3=c.voxel_count * voxel_volume, num_regions=c.num_regions,
-                              one_region=c.num_regions == 1) for c in a.regions.classes)
-    session.add_all(CaseRegion(case_id=case.id, class_value=c.value, region_index=i, voxel_count=n,
-                               volume_mm3=n * voxel_volume)
-                    for c in a.regions.classes for i, n in enumerate(c.region_voxel_counts))
-    session.add_all(CaseChannel(
-        case_id=case.id, channel=index, sample_count=int(ch.samples.size),
-        samples=ch.samples.astype("<f4").tobytes(),
+    _insert(session, CaseClass, [dict(case_id=case.id, class_value=c.value, voxel_count=c.voxel_count,
+                                      volume_mm3=c.voxel_count * voxel_volume, num_regions=c.num_regions,
+                                      one_region=c.num_regions == 1) for c in a.regions.classes])
+    _insert(session, CaseRegion, [dict(case_id=case.id, class_value=c.value, region_index=i, voxel_count=n,
+                                       volume_mm3=n * voxel_volume)
+                                  for c in a.regions.classes for i, n in enumerate(c.region_voxel_counts)])
+    _insert(session, CaseChannel, [dict(
+        case_id=case.id, channel=index, sample_count=int(ch.samples.size), samples=ch.samples.astype("<f4").tobytes(),
         **{k: dialect.store_float(getattr(ch.stats, k)) for k in
            ("median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")})
-        for index, ch in enumerate(a.channels))
+        for index, ch in enumerate(a.channels)])
 
 
 def _finish_run(engine: Engine, run_id: int, summary: IngestSummary) -> None:

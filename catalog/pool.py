@@ -10,6 +10,7 @@ parent's database connections: they take plain data and return plain data.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import gc
 import multiprocessing
 import sys
 import threading
@@ -26,10 +27,19 @@ def start_method() -> str:
 def process_pool(max_workers: int) -> cf.ProcessPoolExecutor:
     """A ProcessPoolExecutor of `max_workers` processes started as `start_method()` says.
 
-    With `fork`, every worker is forked when the first job is submitted, before the executor
-    starts its own management thread.
+    With `fork`, every worker is forked here, before the executor starts its own management
+    thread.
     """
     context = multiprocessing.get_context(start_method())
     if context.get_start_method() == "forkserver":
         context.set_forkserver_preload(_PRELOAD)
-    return cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
+    pool = cf.ProcessPoolExecutor(max_workers=max_workers, mp_context=context)
+    if context.get_start_method() == "fork":
+        # Fork every worker now, with the parent's objects frozen out of the garbage collector:
+        # a collection in a child would otherwise write to (and so copy) every page holding them.
+        gc.freeze()
+        try:
+            pool.submit(int).result()
+        finally:
+            gc.unfreeze()
+    return pool

@@ -326,6 +326,19 @@ def test_nan_and_inf_are_kept_and_counted(tmp_path, dtype):
     assert np.array_equal(ref[~bad], loaded.array[~bad])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_huge_finite_voxels_whose_sum_overflows_are_not_counted_as_nonfinite(tmp_path, dtype):
+    arr = np.full((4, 5, 6), np.finfo(dtype).max / 2, dtype=dtype)  # every sum of two overflows
+    arr[0, 0, 0] = -1.5
+    path = str(tmp_path / "huge.nii.gz")
+    sitk.WriteImage(sitk_image(arr), path, useCompression=True)
+    loaded = read_image(path)
+    assert loaded.nonfinite_count == 0
+    arr[1, 1, 1] = np.nan
+    sitk.WriteImage(sitk_image(arr), path, useCompression=True)
+    assert read_image(path).nonfinite_count == 1
+
+
 def test_nan_with_scaling_stays_nan(tmp_path):
     arr = random_array("float32", seed=13)
     arr[1, 1, 1] = np.nan
@@ -339,6 +352,49 @@ def test_nan_with_scaling_stays_nan(tmp_path):
 
 # ------------------------------------------------------------------------------------------
 # Broken files
+def _outcome(path):
+    try:
+        return read_image(path).array
+    except ImageReadError as exc:
+        return exc.check
+
+
+def test_inflate_in_small_pieces_gives_the_same_results(tmp_path, monkeypatch):
+    """The inflate feeds and takes bounded pieces; with pieces of a few bytes every boundary
+    (a member's end, a CRC trailer, padding) falls inside or between pieces."""
+    arr = np.zeros((9, 10, 11), np.int16)
+    arr[2:7, 3:8, 4:9] = random_array("int16", shape=(5, 5, 5), seed=31)  # mostly zeros: inflates a lot
+    plain = nifti_bytes(tmp_path, arr)
+    one = gzip.compress(plain)
+    variants = {
+        "one": one,
+        "members": gzip.compress(plain[:500]) + gzip.compress(plain[500:1500]) + gzip.compress(plain[1500:]),
+        "padded": one + b"\0" * 100,
+        "garbage": one + b"\0\0junk",
+        "crc": one[:-8] + bytes([one[-8] ^ 1]) + one[-7:],
+        "short_member": gzip.compress(plain[:500]) + gzip.compress(plain[500:])[:-3],
+    }
+    for cut in (11, len(one) // 3, len(one) - 9, len(one) - 1):
+        variants[f"cut{cut}"] = one[:cut]
+    expected = {}
+    for name, data in variants.items():
+        (tmp_path / f"{name}.nii.gz").write_bytes(data)
+        expected[name] = _outcome(tmp_path / f"{name}.nii.gz")
+    assert isinstance(expected["one"], np.ndarray) and np.array_equal(expected["one"], arr)
+    assert np.array_equal(expected["members"], arr) and np.array_equal(expected["padded"], arr)
+    assert [expected[k] for k in ("garbage", "crc", "short_member")] == ["corrupt_file", "corrupt_file",
+                                                                        "truncated_file"]
+    for in_piece, out_piece in ((1, 1), (3, 7), (64, 5), (5, 4096)):
+        monkeypatch.setattr(imageio, "_IN_PIECE", in_piece)
+        monkeypatch.setattr(imageio, "_OUT_PIECE", out_piece)
+        for name in variants:
+            got = _outcome(tmp_path / f"{name}.nii.gz")
+            if isinstance(expected[name], np.ndarray):
+                assert isinstance(got, np.ndarray) and np.array_equal(got, expected[name]), (name, in_piece)
+            else:
+                assert got == expected[name], (name, in_piece, out_piece)
+
+
 # ------------------------------------------------------------------------------------------
 
 
