@@ -5,9 +5,10 @@ interpreter start, no imports, no engine creation), `self_maxrss` (this process'
 bytes), `children_maxrss` (the largest peak RSS among its worker processes, bytes, or null when it
 started none) and `baseline_rss` (RSS just before the operation: interpreter + imports).
 
-Peak RSS of pool workers: fork-context workers are our children; forkserver-context workers (what
-catalog uses) are children of the forkserver, which reaps them; stopping the forkserver once the
-pool is gone makes their peak visible in getrusage(RUSAGE_CHILDREN) here.
+Peak RSS of pool workers: fork-context workers (what catalog uses when the process runs no other
+thread, see catalog/pool.py) are our children; forkserver-context workers are children of the
+forkserver, which reaps them; stopping the forkserver once the pool is gone makes their peak
+visible in getrusage(RUSAGE_CHILDREN) here.
 
 Stages:
   floor    {"files": [...], "workers": N}       SimpleITK ReadImage + GetArrayFromImage of every
@@ -15,6 +16,8 @@ Stages:
   ingest   {"db": URL, "task_dir": DIR, "workers": N, "force": bool, "profile": FILE|null}
   export   {"db": URL, "task": NAME, "out": DIR, "workers": N, "remove_after": bool}
   properties {"db": URL, "task": NAME}          catalog.properties.load_properties (with intensity)
+  touch    {"mib": N}                           allocate and touch N MiB, twice (fresh-memory cost)
+  first_case {"task_dir": DIR, "case": ID, "repeats": N}  one case analysed N times (catalog.casework)
 """
 from __future__ import annotations
 
@@ -144,10 +147,43 @@ def stage_properties(p: dict) -> dict:
     return {"seconds": seconds, "cases": len(props.cases), "self_maxrss": self_rss, "children_maxrss": children}
 
 
+def stage_touch(p: dict) -> dict:
+    """Seconds to allocate and first touch `mib` MiB twice in this new process: the first time
+    the memory is new to the process, the second time it reuses what the first freed."""
+    import numpy as np
+
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        block = np.ones(p["mib"] << 20, dtype=np.uint8)
+        times.append(time.perf_counter() - t0)
+        del block
+    return {"seconds": times, "mib": p["mib"]}
+
+
+def stage_first_case(p: dict) -> dict:
+    """One case checked and analysed `repeats` times in this new process (catalog.casework, as a
+    worker does): the first run also pays for memory the process has never used."""
+    from catalog.casework import CaseJob, run_case
+    from catalog.layout import read_layout
+
+    layout = read_layout(p["task_dir"])
+    case = next(c for c in layout.cases if c.identifier == p["case"])
+    job = CaseJob(layout.root, case, tuple(layout.class_values))
+    times = []
+    for _ in range(p["repeats"]):
+        t0 = time.perf_counter()
+        outcome = run_case(job)
+        times.append(time.perf_counter() - t0)
+        if outcome.failed:
+            raise SystemExit(f"{case.identifier}: {outcome.findings}")
+    return {"seconds": times}
+
+
 def main() -> int:
     stage, params = sys.argv[1], json.loads(sys.argv[2])
     result = {"floor": stage_floor, "ingest": stage_ingest, "export": stage_export,
-              "properties": stage_properties}[stage](params)
+              "properties": stage_properties, "touch": stage_touch, "first_case": stage_first_case}[stage](params)
     print("STAGE-RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -199,6 +199,19 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
             b = two["v1"]["seconds"]["crop"] + two["v1"]["seconds"]["analyze_dataset"]
             table.info("    nnU-Net v1 speed-up (info)", f"{a / b:.2f}x")
         rec["speedup"] = speedup
+        # Why the speed-up falls short here: memory a process touches for the first time is slow on
+        # this VM, and every worker pays that for its first (largest) case.
+        touch = run_stage("touch", mib=256)
+        first_ms, again_ms = (1000 * x / touch["mib"] for x in touch["seconds"])
+        table.info("    fresh memory, first touch in a new process (info)",
+                   f"{first_ms:.2f} ms per MiB; touched again: {again_ms:.2f} ms per MiB")
+        biggest = max(cases, key=lambda item: raw_voxel_bytes(item[1]))[0]
+        first = run_stage("first_case", task_dir=str(task), case=biggest, repeats=3)["seconds"]
+        table.info("    largest case, 3 times in a new process (info)",
+                   f"{', '.join(f'{x:.2f}' for x in first)} s: the first run pays "
+                   f"{first[0] - min(first[1:]):.2f} s more (each worker pays it once)")
+        rec["fresh_memory_ms_per_mib"] = (first_ms, again_ms)
+        rec["largest_case_repeats"] = first
 
 
 def main(argv=None) -> int:
