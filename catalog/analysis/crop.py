@@ -69,14 +69,6 @@ def _zero_in_all(channels: Sequence[np.ndarray], region: tuple[slice, ...], out:
         out &= channel[region] == 0
 
 
-def nonzero_mask(channels: Sequence[np.ndarray]) -> np.ndarray:
-    """Union over channels of `value != 0` (v1 says "all" in a docstring; its code uses any)."""
-    mask = channels[0] != 0
-    for channel in channels[1:]:
-        mask |= channel != 0
-    return mask
-
-
 def nonzero_bounding_box(channels: Sequence[np.ndarray], slab_voxels: int | None = None) -> BBox | None:
     """Bounding box of v1's nonzero mask (union over channels of value != 0), slab by slab."""
     shape = channels[0].shape
