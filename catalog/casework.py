@@ -5,6 +5,7 @@ database.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import imageio
-from .analysis.case import CaseAnalysis, EmptyImageError, analyze_crop, label_in_box
+from .analysis.case import CaseAnalysis, CropAccumulator, EmptyImageError, label_in_box
 from .analysis.regions import analyze_regions
 from .checks import (
     FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, value_counts,
@@ -105,73 +106,55 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
             outcome.read_seconds = time.perf_counter() - started
             return
 
-    loaded = {}
-    for role, channel, rel in files:
-        image = imageio.read_image(f"{job.root}/{rel}", max_bytes=job.max_image_bytes)
-        fp = image.fingerprint
-        outcome.files.append(InputFile(role, channel, rel, fp.size_bytes, fp.mtime_ns, fp.sha256))
-        loaded[(role, channel)] = image
-    outcome.read_seconds = time.perf_counter() - started
+    with contextlib.ExitStack() as stack:
+        # The label is read whole (the analysis needs all of it); each image channel is opened
+        # for one pass slab by slab, so no channel is ever held whole (peak memory).
+        readers = [stack.enter_context(imageio.read_planes(f"{job.root}/{rel}", max_bytes=job.max_image_bytes))
+                   for rel in case.images]
+        label_image = imageio.read_image(f"{job.root}/{case.label}", max_bytes=job.max_image_bytes)
+        headers = {("image", c): reader.header for c, reader in enumerate(readers)}
+        headers[("label", -1)] = label_image.header
+        label_foreground = _header_checks(job, headers, label_image, outcome.findings)
+        if label_foreground is None:
+            return
+        outcome.geometry = _geometry(headers[("image", 0)])
+        label = label_image.array
+        if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
+            label = label.astype(np.int16)  # whole, declared values (checked above)
+        label_path, reference = label_image.header.path, headers[("image", 0)]
+        label_fingerprint = label_image.fingerprint
+        del label_image
 
+        accumulator = CropAccumulator(label, len(readers))
+        adding = 0.0
+        for c, reader in enumerate(readers):
+            for z0, z1, planes in reader.slabs():
+                t0 = time.perf_counter()
+                accumulator.add(c, z0, z1, planes)
+                adding += time.perf_counter() - t0
+            if reader.nonfinite_count:
+                outcome.findings.append(FindingData(
+                    "nonfinite_voxels", f"{reader.path}: {reader.nonfinite_count} NaN/Inf voxels (expected none)",
+                    case.identifier, reader.path))
+        prints = [reader.fingerprint for reader in readers] + [label_fingerprint]
+    outcome.files = [InputFile(role, ch, rel, fp.size_bytes, fp.mtime_ns, fp.sha256)
+                     for (role, ch, rel), fp in zip(files, prints)]
+    outcome.read_seconds = time.perf_counter() - started - adding
     findings = outcome.findings
-    for (role, channel), image in loaded.items():
-        path = image.header.path
-        if image.header.ndim != 3:
-            findings.append(FindingData("not_3d", f"{path}: expected a 3D image, found {image.header.ndim}D "
-                                        f"with size {tuple(image.header.size)} (x, y, z, ...)", case.identifier, path))
-        if image.header.components != 1:
-            findings.append(FindingData("not_scalar", f"{path}: expected one value per voxel, found "
-                                        f"{image.header.components} components", case.identifier, path))
-        if role == "image" and image.nonfinite_count:
-            findings.append(FindingData("nonfinite_voxels", f"{path}: {image.nonfinite_count} NaN/Inf voxels "
-                                        "(expected none)", case.identifier, path))
     if findings:
         return
 
-    for (role, channel), image in loaded.items():
-        for problem in geometry_problems(_geometry(image.header)):
-            findings.append(FindingData("invalid_geometry", f"{image.header.path}: {problem}", case.identifier,
-                                        image.header.path))
-    if findings:
-        return
-
-    reference = loaded[("image", 0)].header
-    outcome.geometry = _geometry(reference)
-    for (role, channel), image in loaded.items():
-        if (role, channel) == ("image", 0):
-            continue
-        for problem in geometry_differences(outcome.geometry, _geometry(image.header), f"in {reference.path}"):
-            findings.append(FindingData("geometry_mismatch", f"{image.header.path}: {problem}",
-                                        case.identifier, image.header.path))
-    label_image = loaded[("label", -1)]
-    declared = set(job.class_values) | {0}
-    label_foreground = _declared_label_foreground(label_image.array, declared)
-    if label_foreground is None:  # values outside 0..max declared: look at each distinct value
-        values, counts = value_counts(label_image.array)
-        findings.extend(label_value_findings(values, declared, label_image.header.path, case.identifier))
-        label_foreground = int(counts[values > 0].sum())
-    if has_errors(findings):
-        return
-
-    label = label_image.array
-    if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
-        label = label.astype(np.int16)  # whole, declared values (checked above)
-    channels = [loaded[("image", c)].array for c in range(len(case.images))]
-    label_path = label_image.header.path
-    # from here on `channels` and `label` hold the only references to the voxels
-    loaded.clear()
-    del label_image, image  # (`image`: the check loops' variable)
     started = time.perf_counter()
     try:
-        crop = analyze_crop(channels, label)
+        crop = accumulator.finish()
     except EmptyImageError:
         findings.append(FindingData("empty_image", f"{reference.path}: every voxel of every channel is 0, "
                                     "there is no nonzero region to crop to", case.identifier, reference.path))
         return
-    channels.clear()  # the regions need only the label: free the images first (peak memory)
+    del accumulator
     regions = analyze_regions(label_in_box(label, crop.bbox), job.class_values)
     outcome.analysis = CaseAnalysis.from_parts(crop, regions)
-    outcome.analysis_seconds = time.perf_counter() - started
+    outcome.analysis_seconds = time.perf_counter() - started + adding
 
     kept = outcome.analysis.regions.foreground_voxels
     if label_foreground == 0:
@@ -182,6 +165,41 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
             "label_outside_crop", f"{label_path}: {label_foreground - kept} of {label_foreground} "
             "labelled voxels lie outside the nonzero bounding box and are dropped (as nnU-Net v1 does)",
             case.identifier, label_path))
+
+
+def _header_checks(job: CaseJob, headers: dict, label_image, findings: list[FindingData]) -> int | None:
+    """Checks that need only the headers and the label: dimensions, components, geometry, label
+    values. Returns the label's foreground voxel count, or None (findings added) when the case
+    cannot be analysed."""
+    identifier = job.case.identifier
+    for header in headers.values():
+        if header.ndim != 3:
+            findings.append(FindingData("not_3d", f"{header.path}: expected a 3D image, found {header.ndim}D "
+                                        f"with size {tuple(header.size)} (x, y, z, ...)", identifier, header.path))
+        if header.components != 1:
+            findings.append(FindingData("not_scalar", f"{header.path}: expected one value per voxel, found "
+                                        f"{header.components} components", identifier, header.path))
+    if findings:
+        return None
+    for header in headers.values():
+        for problem in geometry_problems(_geometry(header)):
+            findings.append(FindingData("invalid_geometry", f"{header.path}: {problem}", identifier, header.path))
+    if findings:
+        return None
+    reference = headers[("image", 0)]
+    geometry = _geometry(reference)
+    for key, header in headers.items():
+        if key == ("image", 0):
+            continue
+        for problem in geometry_differences(geometry, _geometry(header), f"in {reference.path}"):
+            findings.append(FindingData("geometry_mismatch", f"{header.path}: {problem}", identifier, header.path))
+    declared = set(job.class_values) | {0}
+    label_foreground = _declared_label_foreground(label_image.array, declared)
+    if label_foreground is None:  # values outside 0..max declared: look at each distinct value
+        values, counts = value_counts(label_image.array)
+        findings.extend(label_value_findings(values, declared, label_image.header.path, identifier))
+        label_foreground = int(counts[values > 0].sum())
+    return None if has_errors(findings) else label_foreground
 
 
 def _declared_label_foreground(label: np.ndarray, declared: set[int]) -> int | None:

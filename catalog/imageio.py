@@ -54,6 +54,8 @@ __all__ = [
     "fingerprint_file",
     "read_header",
     "read_image",
+    "read_planes",
+    "ImagePlanes",
     "stat_file",
 ]
 
@@ -363,30 +365,64 @@ _IN_PIECE = 1 << 20  # compressed bytes fed per call
 _OUT_PIECE = 4 << 20  # inflated bytes taken per call (small enough for malloc to reuse)
 
 
-def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budget: int | None) -> int:
-    """Inflate a (possibly multi-member) gzip file, checking every member's CRC32 and ISIZE;
-    return the inflated length.
+class _MemorySource:
+    """Compressed bytes already in memory, handed out in pieces."""
 
-    The inflated bytes are written into `out` (a uint8 array at least `budget` long), or only
-    counted when `out` is None (the integrity check before a SimpleITK read). They are taken in
-    bounded pieces, so no temporary is large. `expected` (bytes the NIfTI header needs, if
-    known) only improves messages; `budget` caps the inflated size so a corrupt or hostile
-    stream cannot run without bound.
+    def __init__(self, data):
+        self.mv = memoryview(data).cast("B")
+        self.pos = 0
+
+    def read(self, n: int):
+        piece = self.mv[self.pos:self.pos + n]
+        self.pos += len(piece)
+        return piece
+
+    def unread(self, data) -> None:  # only ever the tail of what was read last
+        self.pos -= len(data)
+
+
+class _FileSource:
+    """An open file read in pieces and hashed as it is read (sha256 of every byte, once)."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.pushed = b""
+
+    def read(self, n: int) -> bytes:
+        if self.pushed:
+            piece, self.pushed = self.pushed[:n], self.pushed[n:]
+            return piece
+        piece = self.fh.read(n)
+        self.hasher.update(piece)
+        self.size += len(piece)
+        return piece
+
+    def unread(self, data) -> None:
+        self.pushed = bytes(data) + self.pushed
+
+    def drain(self) -> None:
+        while self.read(_IN_PIECE):
+            pass
+
+
+def _inflate_pieces(path: str, source, expected: int | None, budget: int | None):
+    """Inflate a (possibly multi-member) gzip stream from `source`, checking every member's CRC32
+    and ISIZE; yields the inflated bytes in pieces of at most _OUT_PIECE bytes and raises
+    ImageReadError (truncated_file / corrupt_file) where the stream is cut short or corrupted.
+
+    `expected` (bytes the NIfTI header needs, if known) only improves messages; `budget` caps the
+    inflated size so a corrupt or hostile stream cannot run without bound.
     """
-    mv = memoryview(data).cast("B")
     total = 0
-    pos = 0  # next compressed byte to feed
     member = 0
     while True:
         member += 1
         where = f"gzip member {member}" if member > 1 else "gzip stream"
         d = _zlib.decompressobj(31)  # 31 = gzip wrapper: zlib/ISA-L check CRC32 and ISIZE
         while not d.eof:
-            if d.unconsumed_tail:
-                piece = d.unconsumed_tail
-            else:
-                piece = mv[pos:pos + _IN_PIECE]  # empty at the end: drains buffered output
-                pos += len(piece)
+            piece = d.unconsumed_tail or source.read(_IN_PIECE)  # empty at the end: drains
             try:
                 chunk = d.decompress(piece, _OUT_PIECE)
             except _zlib.error as exc:
@@ -408,10 +444,10 @@ def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budg
                     + (f" although the header needs only {expected}" if expected is not None else ""),
                     check="corrupt_file",
                 )
-            if out is not None:
-                out[total:total + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
             total += len(chunk)
-            if not chunk and not piece:
+            if chunk:
+                yield chunk
+            elif not piece:
                 break  # no input left and nothing buffered: the stream never ended
         if not d.eof:  # all input consumed, no end-of-stream/trailer: the file was cut short
             if expected is not None and total < expected:
@@ -422,17 +458,32 @@ def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budg
             else:
                 msg = f"gzip stream ends after {total} bytes without its end marker and CRC trailer"
             raise ImageReadError(path, f"truncated file: {msg}", check="truncated_file")
-        pos -= len(d.unused_data)  # fed beyond the member's end
-        rest = mv[pos:]
-        if not rest:
-            break
-        if bytes(rest[:2]) == _GZIP_MAGIC:  # another gzip member (concatenated .gz files)
+        if d.unused_data:
+            source.unread(d.unused_data)  # read beyond the member's end
+        following = bytes(source.read(2))
+        if not following:
+            return
+        if following == _GZIP_MAGIC:  # another gzip member (concatenated .gz files)
+            source.unread(following)
             continue
-        if not np.any(np.frombuffer(rest, dtype=np.uint8)):  # zero padding after the last member
-            break
-        raise ImageReadError(
-            path, f"{len(rest)} bytes of trailing garbage after the gzip stream", check="corrupt_file"
-        )
+        rest, zeros = len(following), not any(following)
+        while piece := source.read(_IN_PIECE):
+            rest += len(piece)
+            zeros = zeros and not np.any(np.frombuffer(piece, dtype=np.uint8))
+        if zeros:  # zero padding after the last member
+            return
+        raise ImageReadError(path, f"{rest} bytes of trailing garbage after the gzip stream", check="corrupt_file")
+
+
+def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budget: int | None) -> int:
+    """Inflate the gzip file held in `data` (see `_inflate_pieces`) into `out` (a uint8 array at
+    least `budget` long), or only count the bytes when `out` is None (the integrity check before
+    a SimpleITK read); return the inflated length."""
+    total = 0
+    for chunk in _inflate_pieces(path, _MemorySource(data), expected, budget):
+        if out is not None:
+            out[total:total + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+        total += len(chunk)
     return total
 
 
@@ -712,3 +763,145 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
     except MemoryError:
         raise ImageReadError(p, "not enough memory to decode the image", check="image_too_large") from None
     return LoadedImage(header, arr, fingerprint, _count_nonfinite(arr))
+
+
+# --------------------------------------------------------------------------------------------
+# read_planes: the same decode, slab by slab
+# --------------------------------------------------------------------------------------------
+
+
+class ImagePlanes:
+    """An image decoded slab by slab of whole z-planes, never whole (see `read_planes`).
+
+    ``header`` is known at once. Iterate `slabs()` once: it yields ``(z0, z1, planes)`` with
+    ``planes`` the (z1 - z0, y, x) array of planes z0..z1, values and dtype exactly as
+    `read_image` gives them, valid only until the next slab. When the iteration has ended, the
+    file's end has been checked (CRC, length, trailing bytes) and ``fingerprint`` and
+    ``nonfinite_count`` are set; a problem found on the way raises ImageReadError like
+    `read_image`. Files the fast NIfTI-1 path does not cover, or that are not 3D, are read whole
+    by `read_image` and handed out in slabs of that array.
+    """
+
+    def __init__(self, path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES):
+        self.path = p = os.fspath(path)
+        self.max_bytes = max_bytes
+        self.fingerprint: FileFingerprint | None = None
+        self.nonfinite_count: int | None = None
+        self._loaded: LoadedImage | None = None
+        self._fh = None
+        try:
+            self._open_stream()
+        except (ImageReadError, OSError):
+            self._close()
+        if self._fh is None:  # anything unusual: the whole-file reader reports it exactly
+            self._loaded = read_image(p, max_bytes=max_bytes)
+            self.header = self._loaded.header
+
+    def _open_stream(self) -> None:
+        p = self.path
+        if _imageio_for(p) != "NiftiImageIO":
+            return
+        fh = open(p, "rb")  # noqa: SIM115 - closed by slabs() or _close()
+        self._fh = fh
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(p, "not a regular file")
+        self._mtime_ns = st.st_mtime_ns
+        source = _FileSource(fh)
+        first = source.read(1 << 16)
+        is_gzip = first[:2] == _GZIP_MAGIC
+        head = _inflate_head(first) if is_gzip else first[:_HEAD_BYTES]
+        source.unread(first)
+        if nifti_header_problems(head):
+            raise ImageReadError(p, "invalid geometry")  # read_image says what exactly
+        raw = _parse_nifti1(head)
+        if raw is None or raw.kind is None or len(raw.dims) != 3:
+            raise ImageReadError(p, "not a 3D NIfTI-1 image this module decodes")
+        budget = raw.data_end + (1 << 20)
+        if self.max_bytes is not None and raw.nvox * max(raw.out_dtype.itemsize, raw.nbyper) > self.max_bytes:
+            raise ImageReadError(p, "too large")
+        header, pixel_id = _read_header(p)
+        fast = (raw.intent_code not in (_INTENT_GENMATRIX, _INTENT_SYMMATRIX, _INTENT_VECTOR)
+                and pixel_id in _SCALAR_PIXEL_IDS and header.components == 1 and header.ndim == 3
+                and header.pixel_type == raw.out_dtype.name and math.prod(header.size) == raw.nvox
+                and (self.max_bytes is None or header.nbytes <= self.max_bytes))
+        if not fast:
+            raise ImageReadError(p, "not for the fast path")
+        self.header, self._raw, self._source, self._is_gzip, self._budget = header, raw, source, is_gzip, budget
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> ImagePlanes:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._close()
+
+    def slabs(self, slab_voxels: int = 1 << 22):
+        if self._loaded is not None:
+            array = self._loaded.array
+            step = max(1, slab_voxels // max(1, math.prod(array.shape[1:])))
+            for z0 in range(0, array.shape[0], step):
+                yield z0, min(z0 + step, array.shape[0]), array[z0:z0 + step]
+            self.fingerprint, self.nonfinite_count = self._loaded.fingerprint, self._loaded.nonfinite_count
+            return
+        try:
+            yield from self._decode(slab_voxels)
+        except MemoryError:
+            raise ImageReadError(self.path, "not enough memory to decode the image", check="image_too_large") from None
+        finally:
+            self._close()
+
+    def _decode(self, slab_voxels: int):
+        p, raw = self.path, self._raw
+        nz, ny, nx = raw.dims[2], raw.dims[1], raw.dims[0]
+        plane_bytes = ny * nx * raw.nbyper
+        step = max(1, slab_voxels // (ny * nx))
+        stored = np.dtype(raw.kind).newbyteorder(raw.byteorder)
+        buffer = np.empty(step * plane_bytes, dtype=np.uint8)
+        if self._is_gzip:
+            pieces = _inflate_pieces(p, self._source, raw.data_end, self._budget)
+        else:
+            pieces = iter(lambda: self._source.read(_IN_PIECE), b"")
+        position = 0  # in the decoded stream
+        z0 = filled = 0
+        nonfinite = 0
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            start = max(0, raw.vox_offset - position)
+            position += len(view)
+            while start < len(view) and z0 < nz:
+                want = (min(step, nz - z0) * plane_bytes) - filled
+                take = min(want, len(view) - start)
+                buffer[filled:filled + take] = np.frombuffer(view[start:start + take], dtype=np.uint8)
+                filled += take
+                start += take
+                if take == want:
+                    z1 = min(z0 + step, nz)
+                    planes = buffer[:filled].view(stored).reshape(z1 - z0, ny, nx)
+                    if not planes.dtype.isnative:
+                        planes = planes.astype(planes.dtype.newbyteorder("="))
+                    if raw.must_rescale:
+                        planes = _itk_rescale(planes, raw.slope, raw.inter, raw.out_dtype)
+                    nonfinite += _count_nonfinite(planes)
+                    yield z0, z1, planes
+                    z0, filled = z1, 0
+        self._source.drain()
+        if z0 < nz:
+            where = "the decompressed data holds" if self._is_gzip else "the file holds"
+            raise ImageReadError(
+                p, f"truncated file: {where} {position} bytes but the header needs {raw.data_end} "
+                f"(vox_offset {raw.vox_offset} + {raw.nvox} voxels x {raw.nbyper} bytes)", check="truncated_file")
+        source = self._source
+        self.fingerprint = FileFingerprint(p, source.size, self._mtime_ns, source.hasher.hexdigest())
+        self.nonfinite_count = nonfinite
+
+
+def read_planes(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> ImagePlanes:
+    """Open an image for decoding slab by slab (`ImagePlanes`): for analyses that need one pass
+    over the voxels, so the image is never held whole. Same values, checks and errors as
+    `read_image`; use it as a context manager so the file is closed if the pass stops early."""
+    return ImagePlanes(path, max_bytes=max_bytes)

@@ -461,7 +461,7 @@ def test_analysis_failed(make_raw_task, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("synthetic failure")
 
-    monkeypatch.setattr("catalog.casework.analyze_crop", boom)
+    monkeypatch.setattr("catalog.casework.CropAccumulator.finish", boom)
     findings = check_task(task, workers=1)
     assert sorted(_key(f) for f in findings) == [("analysis_failed", ERROR, "mr_1"), ("analysis_failed", ERROR, "mr_2")]
     for f in findings:
@@ -699,7 +699,7 @@ def test_ingest_analysis_failed_is_stored(monkeypatch, make_raw_task, sqlite_url
     def boom(*args, **kwargs):
         raise RuntimeError("synthetic failure")
 
-    monkeypatch.setattr("catalog.casework.analyze_crop", boom)
+    monkeypatch.setattr("catalog.casework.CropAccumulator.finish", boom)
     engine = make_engine(sqlite_url)
     try:
         summary = ingest_task(engine, task, workers=1)

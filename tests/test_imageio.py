@@ -119,6 +119,30 @@ def assert_same_as_sitk(path, *, fast: bool = True) -> LoadedImage:
     assert h.direction == img.GetDirection()
     assert h.ndim == img.GetDimension()
     assert h.pixel_type == ref.dtype.name
+    return assert_planes_match(path, loaded)
+
+
+def planes_outcome(path, slab_voxels):
+    """read_planes: the slabs put together, with the fingerprint and NaN count, or the check of
+    the ImageReadError it raised (at opening or on the way)."""
+    try:
+        with imageio.read_planes(path) as reader:
+            parts = []
+            for z0, z1, planes in reader.slabs(slab_voxels):
+                assert planes.shape[0] == z1 - z0
+                parts.append(np.array(planes))
+            return reader.header, np.concatenate(parts), reader.fingerprint, reader.nonfinite_count
+    except ImageReadError as exc:
+        return exc.check
+
+
+def assert_planes_match(path, loaded: LoadedImage) -> LoadedImage:
+    """read_planes gives what read_image gave, whatever the slab size."""
+    for slab_voxels in (1, 37, 1 << 22):
+        header, array, fingerprint, nonfinite = planes_outcome(path, slab_voxels)
+        assert header == loaded.header and fingerprint == loaded.fingerprint
+        assert array.dtype == loaded.array.dtype and array.shape == loaded.array.shape
+        assert np.array_equal(array, loaded.array, equal_nan=True) and nonfinite == loaded.nonfinite_count
     return loaded
 
 
@@ -384,6 +408,12 @@ def test_inflate_in_small_pieces_gives_the_same_results(tmp_path, monkeypatch):
     assert np.array_equal(expected["members"], arr) and np.array_equal(expected["padded"], arr)
     assert [expected[k] for k in ("garbage", "crc", "short_member")] == ["corrupt_file", "corrupt_file",
                                                                         "truncated_file"]
+    for name in variants:  # the slab-by-slab reader: same arrays, same errors
+        got = planes_outcome(tmp_path / f"{name}.nii.gz", 53)
+        if isinstance(expected[name], np.ndarray):
+            assert np.array_equal(got[1], expected[name]), name
+        else:
+            assert got == expected[name], name
     for in_piece, out_piece in ((1, 1), (3, 7), (64, 5), (5, 4096)):
         monkeypatch.setattr(imageio, "_IN_PIECE", in_piece)
         monkeypatch.setattr(imageio, "_OUT_PIECE", out_piece)
@@ -431,6 +461,7 @@ def test_truncated_uncompressed_nii(tmp_path):
     with pytest.raises(ImageReadError) as ei:
         read_image(path)
     assert ei.value.check == "truncated_file"
+    assert planes_outcome(path, 37) == "truncated_file"  # found at the end of the slab pass
 
 
 def test_gzip_stream_complete_but_too_short(tmp_path):
@@ -439,6 +470,7 @@ def test_gzip_stream_complete_but_too_short(tmp_path):
     with pytest.raises(ImageReadError) as ei:
         read_image(path)
     assert ei.value.check == "truncated_file"
+    assert planes_outcome(path, 37) == "truncated_file"  # found at the end of the slab pass
 
 
 def test_flipped_byte_in_deflate_stream(tmp_path, valid_gz):

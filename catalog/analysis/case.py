@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crop import BBox, as_slices, crop_mask, z_slabs
+from .crop import BBox, as_slices, fill_holes, z_slabs
 from .intensity import SAMPLE_STEP, IntensityStats, compute_stats
 from .regions import RegionAnalysis, analyze_regions
 
@@ -67,40 +67,93 @@ def label_in_box(label: np.ndarray, bbox: BBox) -> np.ndarray:
     return label[as_slices(bbox)]
 
 
-def analyze_crop(channels: Sequence[np.ndarray], label: np.ndarray) -> CropAnalysis:
-    """Crop box, hole-filled mask size, distinct seg values and foreground samples of one case.
+class CropAccumulator:
+    """nnU-Net v1's crop facts from one pass over the image channels, slab by slab, in any order
+    of channels and slabs (e.g. as each file is decoded), so no channel has to be held whole.
 
-    channels: one (z, y, x) array per modality, any numeric dtype, same shape.
-    label: (z, y, x) integer class values (>= 0), same shape (checked by the caller).
-    Raises EmptyImageError when every voxel of every channel is 0.
-
-    v1 builds the whole cropped seg (int, -1 outside the mask) and the cropped float32 data;
-    here the label and channels are read through views of the box, slab by slab, and only the
-    sampled voxels are converted to float32.
+    `add` keeps, per slab: the nonzero mask's projections and its bits (1 bit per voxel), and
+    each channel's values at the labelled voxels (float32, v1's cast). `finish` takes the box,
+    fills the mask's holes inside it, and reads the seg values, counts and v1's samples (every
+    10th foreground voxel of the crop, C order) from the label and what was kept.
     """
-    cropped = crop_mask(channels)
-    if cropped is None:
-        raise EmptyImageError("every voxel of every channel is 0")
-    bbox, filled = cropped
-    cropped_shape = tuple(b - a for a, b in bbox)
-    box = as_slices(bbox)
-    boxed_label = label[box]
-    boxed_channels = [channel[box] for channel in channels]
 
-    has_outside_background = has_inside_background = False  # seg -1 / seg 0
+    def __init__(self, label: np.ndarray, n_channels: int):
+        """label: (z, y, x) integer class values (>= 0); the image channels have its shape."""
+        self.label = label
+        self.shape = label.shape
+        z, y, x = label.shape
+        self._planes_hit = np.zeros(z, dtype=bool)
+        self._yx_hit = np.zeros((y, x), dtype=bool)
+        self._nonzero_bits = np.zeros((z, y, (x + 7) // 8), dtype=np.uint8)
+        self._labelled_values: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n_channels)]
+
+    def add(self, channel: int, z0: int, z1: int, planes: np.ndarray) -> None:
+        """Planes z0..z1 (a (z1 - z0, y, x) array) of image channel `channel`."""
+        nonzero = planes != 0
+        self._planes_hit[z0:z1] |= nonzero.any(axis=(1, 2))
+        self._yx_hit |= nonzero.any(axis=0)
+        self._nonzero_bits[z0:z1] |= np.packbits(nonzero, axis=-1)
+        labelled = self.label[z0:z1] > 0
+        self._labelled_values[channel].append((z0, z1, planes[labelled].astype(np.float32)))
+
+    def finish(self) -> CropAnalysis:
+        """Raises EmptyImageError when every voxel of every channel was 0."""
+        box_hits = [np.flatnonzero(h) for h in (self._planes_hit, self._yx_hit.any(axis=1), self._yx_hit.any(axis=0))]
+        if any(h.size == 0 for h in box_hits):
+            raise EmptyImageError("every voxel of every channel is 0")
+        bbox = tuple((int(h[0]), int(h[-1]) + 1) for h in box_hits)
+        (bz0, bz1), (y0, y1), (x0, x1) = bbox
+        nx = self.shape[2]
+
+        def zeros(z0: int, z1: int, out: np.ndarray) -> None:
+            bits = np.unpackbits(self._nonzero_bits[bz0 + z0:bz0 + z1], axis=-1, count=nx)
+            np.logical_not(bits[:, y0:y1, x0:x1], out=out)
+
+        cropped_shape = (bz1 - bz0, y1 - y0, x1 - x0)
+        filled = fill_holes(cropped_shape, zeros)
+        del self._nonzero_bits
+        seg_values = _seg_values(label_in_box(self.label, bbox), filled)
+        channels = []
+        for kept in self._labelled_values:
+            samples = self._samples_in_box(kept, bbox)
+            channels.append(ChannelAnalysis(samples, compute_stats(samples)))
+        return CropAnalysis(bbox, cropped_shape, int(np.count_nonzero(filled)), seg_values, tuple(channels))
+
+    def _samples_in_box(self, kept: list[tuple[int, int, np.ndarray]], bbox: BBox) -> np.ndarray:
+        """v1's data[c][seg > 0][::10] over the crop: the kept values of labelled voxels inside
+        the box, in C order, every 10th from the first."""
+        (bz0, bz1), (y0, y1), (x0, x1) = bbox
+        inside_yx = np.zeros(self.shape[1:], dtype=bool)
+        inside_yx[y0:y1, x0:x1] = True
+        parts, before = [], 0
+        for z0, z1, values in sorted(kept, key=lambda item: item[0]):
+            a, b = max(z0, bz0), min(z1, bz1)
+            if a >= b:
+                continue
+            labelled = self.label[z0:z1] > 0
+            inside = np.zeros((z1 - z0, *self.shape[1:]), dtype=bool)
+            inside[a - z0:b - z0] = inside_yx
+            in_box = values[inside[labelled]]
+            parts.append(in_box[(-before) % SAMPLE_STEP::SAMPLE_STEP])
+            before += in_box.size
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+
+def _seg_values(boxed_label: np.ndarray, filled: np.ndarray) -> tuple[int, ...]:
+    """np.unique of v1's cropped seg without building it: -1 where the label is 0 outside the
+    filled mask, 0 where it is 0 inside, and the positive values present."""
+    has_outside_background = has_inside_background = False
     present = np.zeros(0, dtype=np.int64)  # voxel count per positive value seen so far
-    samples: list[list[np.ndarray]] = [[] for _ in channels]
-    foreground_before = 0
-    for z0, z1 in z_slabs(cropped_shape[0], cropped_shape[1] * cropped_shape[2]):
+    shape = boxed_label.shape
+    for z0, z1 in z_slabs(shape[0], shape[1] * shape[2]):
         labels = boxed_label[z0:z1]
         mask = filled[z0:z1]
-        foreground = labels > 0
-        background = ~foreground
+        background = labels <= 0
         if not has_outside_background:
             has_outside_background = bool(np.any(background & ~mask))
         if not has_inside_background:
             has_inside_background = bool(np.any(background & mask))
-        values = labels[foreground]
+        values = labels[~background]
         if values.size:
             counts = np.bincount(values)
             if counts.size > present.size:
@@ -108,20 +161,23 @@ def analyze_crop(channels: Sequence[np.ndarray], label: np.ndarray) -> CropAnaly
                 present = counts
             else:
                 present[:counts.size] += counts
-            # v1 samples every 10th foreground voxel of the whole crop in C order
-            first = (-foreground_before) % SAMPLE_STEP
-            for channel, kept in zip(boxed_channels, samples):
-                kept.append(channel[z0:z1][foreground][first::SAMPLE_STEP].astype(np.float32))
-        foreground_before += values.size
+    values = [-1] * has_outside_background + [0] * has_inside_background
+    return tuple(values + [int(v) for v in np.flatnonzero(present) if v > 0])
 
-    seg_values = [-1] * has_outside_background + [0] * has_inside_background
-    seg_values += [int(v) for v in np.flatnonzero(present) if v > 0]
-    channel_results = []
-    for kept in samples:
-        values = np.concatenate(kept) if kept else np.empty(0, dtype=np.float32)
-        channel_results.append(ChannelAnalysis(values, compute_stats(values)))
-    return CropAnalysis(bbox, cropped_shape, int(np.count_nonzero(filled)), tuple(seg_values),
-                        tuple(channel_results))
+
+def analyze_crop(channels: Sequence[np.ndarray], label: np.ndarray) -> CropAnalysis:
+    """Crop box, hole-filled mask size, distinct seg values and foreground samples of one case.
+
+    channels: one (z, y, x) array per modality, any numeric dtype, same shape.
+    label: (z, y, x) integer class values (>= 0), same shape (checked by the caller).
+    Raises EmptyImageError when every voxel of every channel is 0. The same pass as
+    `CropAccumulator`, over arrays in memory.
+    """
+    accumulator = CropAccumulator(label, len(channels))
+    for index, channel in enumerate(channels):
+        for z0, z1 in z_slabs(channel.shape[0], channel.shape[1] * channel.shape[2]):
+            accumulator.add(index, z0, z1, channel[z0:z1])
+    return accumulator.finish()
 
 
 def analyze_case(channels: Sequence[np.ndarray], label: np.ndarray, class_values: Sequence[int]) -> CaseAnalysis:
