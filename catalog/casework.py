@@ -22,6 +22,12 @@ from .errors import ImageReadError
 from .layout import CaseFiles
 
 
+# Voxels decoded per step of the one pass over an image channel: about a MiB per plane buffer and
+# per temporary, which stays in the cache (measured: the MR benchmark's ingest 10% faster than with
+# 4M voxels, the CT one the same).
+PASS_SLAB_VOXELS = 1 << 20
+
+
 @dataclass(frozen=True)
 class InputFile:
     role: str  # image | label
@@ -128,7 +134,7 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
         accumulator = CropAccumulator(label, len(readers))
         adding = 0.0
         for c, reader in enumerate(readers):
-            for z0, z1, planes in reader.slabs():
+            for z0, z1, planes in reader.slabs(PASS_SLAB_VOXELS):
                 t0 = time.perf_counter()
                 accumulator.add(c, z0, z1, planes)
                 adding += time.perf_counter() - t0

@@ -28,11 +28,12 @@ from .db import session_scope
 from .imageio import DEFAULT_MAX_IMAGE_BYTES, stat_file
 from .errors import DatasetLayoutError
 from .layout import CaseFiles, TaskLayout, read_layout
-from .pool import process_pool
 from .models import (
-    Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, Finding, IngestRun, Task, TaskChannel,
-    TaskLabel, utcnow,
+    Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, ChannelStatistics, Finding, IngestRun, Task,
+    TaskChannel, TaskLabel, utcnow,
 )
+from .pool import process_pool
+from .properties import refresh_channel_statistics
 
 DEFAULT_LEASE_SECONDS = 120.0
 
@@ -129,8 +130,6 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
     try:
         runner.run(plan)
         if summary.new or summary.changed or summary.removed or force or force_all or not _has_statistics(engine, task_id):
-            from .properties import refresh_channel_statistics
-
             refresh_channel_statistics(engine, layout.name)
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -155,8 +154,6 @@ def _record_layout_error(engine: Engine, task_dir, exc: DatasetLayoutError) -> N
 
 
 def _has_statistics(engine: Engine, task_id: int) -> bool:
-    from .models import ChannelStatistics
-
     with session_scope(engine) as session:
         return session.scalar(select(ChannelStatistics.task_id).where(ChannelStatistics.task_id == task_id)
                               .limit(1)) is not None
