@@ -2,7 +2,7 @@
 
 Prints one line `STAGE-RESULT {json}`. Every stage reports `seconds` (the operation only: no
 interpreter start, no imports, no engine creation), `self_maxrss` (this process's peak RSS,
-bytes), `children_maxrss` (the largest peak RSS among its worker processes, bytes, or null when it
+VmHWM, bytes), `children_maxrss` (the largest peak RSS among its worker processes, bytes, or null when it
 started none) and `baseline_rss` (RSS just before the operation: interpreter + imports).
 
 Peak RSS of pool workers: fork-context workers (what catalog uses when the process runs no other
@@ -47,10 +47,22 @@ def _stop_forkserver() -> None:
         pass
 
 
+def _peak_rss_self() -> int:
+    """This process's peak RSS, bytes: VmHWM of its own memory. Not getrusage's ru_maxrss, which
+    Linux carries over an exec from the process that spawned this one (here the benchmark
+    script, which may have held generated volumes)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _maxrss() -> tuple[int, int | None]:
-    self_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """(peak RSS of this process, largest peak RSS of its reaped worker processes or None).
+    Forked workers start from their RSS at the fork (the pages they share with this process)."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    return self_rss, (children or None)
+    return _peak_rss_self(), (children or None)
 
 
 def _read_one(path: str) -> tuple[float, int]:

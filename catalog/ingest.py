@@ -500,8 +500,9 @@ def _insert(session, model, rows: list[dict]) -> None:
         session.execute(insert(model.__table__), rows)
 
 
-def _replace_files(session, case: Case, outcome: CaseOutcome) -> None:
-    session.execute(delete(CaseFile).where(CaseFile.case_id == case.id))
+def _replace_files(session, case: Case, outcome: CaseOutcome, stored_before: bool = True) -> None:
+    if stored_before:
+        session.execute(delete(CaseFile).where(CaseFile.case_id == case.id))
     _insert(session, CaseFile, [dict(case_id=case.id, role=f.role, channel=f.channel, path=f.path,
                                      size_bytes=f.size_bytes, mtime_ns=f.mtime_ns, sha256=f.sha256)
                                 for f in outcome.files])
@@ -519,9 +520,11 @@ def _store_analysis(session, case: Case, outcome: CaseOutcome, run_id: int, clas
     """Replace every analysis row of the case with the new outcome (one transaction)."""
     a = outcome.analysis
     g = outcome.geometry
-    for model in (CaseClass, CaseRegion, CaseChannel):
-        session.execute(delete(model).where(model.case_id == case.id))
-    _replace_files(session, case, outcome)
+    stored_before = case.analysis_version is not None  # else the case has no rows to replace yet
+    if stored_before:
+        for model in (CaseClass, CaseRegion, CaseChannel):
+            session.execute(delete(model).where(model.case_id == case.id))
+    _replace_files(session, case, outcome, stored_before)
 
     spacing_xyz = [float(v) for v in g["spacing"]]
     voxel_volume = float(np.prod(spacing_xyz))  # v1: np.prod(itk_spacing), (x*y)*z
