@@ -632,6 +632,15 @@ def test_fuzz_flips_and_truncations(tmp_path, fuzz_sources, suffix, flips, heade
     except ImageReadError as exc:
         assert exc.check in ("truncated_file", "corrupt_file", "unreadable_file", "image_too_large", "invalid_geometry")
         assert str(path) in str(exc)
+        with pytest.raises(ImageReadError) as planes_error:  # the slab reader refuses it the same way
+            with imageio.read_planes(path, max_bytes=1 << 24) as reader:
+                for _ in reader.slabs(37):
+                    pass
+        assert planes_error.value.check == exc.check
     else:
         assert isinstance(loaded, LoadedImage)
         assert loaded.array.size == np.prod(loaded.header.size) * loaded.header.components
+        with imageio.read_planes(path, max_bytes=1 << 24) as reader:
+            parts = [np.array(planes) for _, _, planes in reader.slabs(37)]
+        assert np.array_equal(np.concatenate(parts).reshape(loaded.array.shape), loaded.array, equal_nan=True)
+        assert reader.fingerprint == loaded.fingerprint
