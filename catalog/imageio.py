@@ -666,6 +666,17 @@ def _sitk_read_array(path: str, io: str) -> np.ndarray:
         raise ImageReadError(path, f"SimpleITK cannot read the image: {_sitk_message(exc)}") from None
 
 
+def _decoded_here(raw: _RawNifti, header: ImageHeader, pixel_id: int) -> bool:
+    """Whether this module decodes the voxels itself: a scalar NIfTI-1 image whose raw header
+    agrees with SimpleITK's reading of it (anything else is left to SimpleITK)."""
+    return (raw.kind is not None
+            and raw.intent_code not in (_INTENT_GENMATRIX, _INTENT_SYMMATRIX, _INTENT_VECTOR)
+            and pixel_id in _SCALAR_PIXEL_IDS
+            and header.components == 1
+            and header.pixel_type == raw.out_dtype.name
+            and math.prod(header.size) == raw.nvox)
+
+
 def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> LoadedImage:
     """Read an image file once: fingerprint, integrity checks, header, voxels.
 
@@ -739,15 +750,7 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
             what += f" x {header.components} components"
         raise _too_large(p, what, header.nbytes, max_bytes)
 
-    fast = (
-        raw is not None
-        and raw.kind is not None
-        and raw.intent_code not in (_INTENT_GENMATRIX, _INTENT_SYMMATRIX, _INTENT_VECTOR)
-        and pixel_id in _SCALAR_PIXEL_IDS
-        and header.components == 1
-        and header.pixel_type == raw.out_dtype.name
-        and math.prod(header.size) == raw.nvox
-    )
+    fast = raw is not None and _decoded_here(raw, header, pixel_id)
     try:
         if fast:
             # NIfTI stores x fastest, so C-order (z, y, x) over the same bytes is the same memory.
@@ -821,9 +824,7 @@ class ImagePlanes:
         if self.max_bytes is not None and raw.nvox * max(raw.out_dtype.itemsize, raw.nbyper) > self.max_bytes:
             raise ImageReadError(p, "too large")
         header, pixel_id = _read_header(p)
-        fast = (raw.intent_code not in (_INTENT_GENMATRIX, _INTENT_SYMMATRIX, _INTENT_VECTOR)
-                and pixel_id in _SCALAR_PIXEL_IDS and header.components == 1 and header.ndim == 3
-                and header.pixel_type == raw.out_dtype.name and math.prod(header.size) == raw.nvox
+        fast = (_decoded_here(raw, header, pixel_id) and header.ndim == 3
                 and (self.max_bytes is None or header.nbytes <= self.max_bytes))
         if not fast:
             raise ImageReadError(p, "not for the fast path")
