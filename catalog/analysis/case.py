@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crop import BBox, as_slices, fill_holes, z_slabs
+from .crop import BBox, NonzeroMask, as_slices, z_slabs
 from .intensity import SAMPLE_STEP, IntensityStats, compute_stats
 from .regions import RegionAnalysis, analyze_regions
 
@@ -71,8 +71,8 @@ class CropAccumulator:
     """nnU-Net v1's crop facts from one pass over the image channels, slab by slab, in any order
     of channels and slabs (e.g. as each file is decoded), so no channel has to be held whole.
 
-    `add` keeps, per slab: the nonzero mask's projections and its bits (1 bit per voxel), and
-    each channel's values at the labelled voxels (float32, v1's cast). `finish` takes the box,
+    `add` keeps, per slab: the nonzero mask (`crop.NonzeroMask`) and each channel's values at
+    the labelled voxels (float32, v1's cast). `finish` takes the box,
     fills the mask's holes inside it, and reads the seg values, counts and v1's samples (every
     10th foreground voxel of the crop, C order) from the label and what was kept.
     """
@@ -81,37 +81,23 @@ class CropAccumulator:
         """label: (z, y, x) integer class values (>= 0); the image channels have its shape."""
         self.label = label
         self.shape = label.shape
-        z, y, x = label.shape
-        self._planes_hit = np.zeros(z, dtype=bool)
-        self._yx_hit = np.zeros((y, x), dtype=bool)
-        self._nonzero_bits = np.zeros((z, y, (x + 7) // 8), dtype=np.uint8)
+        self._nonzero = NonzeroMask(label.shape)
         self._labelled_values: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n_channels)]
 
     def add(self, channel: int, z0: int, z1: int, planes: np.ndarray) -> None:
         """Planes z0..z1 (a (z1 - z0, y, x) array) of image channel `channel`."""
-        nonzero = planes != 0
-        self._planes_hit[z0:z1] |= nonzero.any(axis=(1, 2))
-        self._yx_hit |= nonzero.any(axis=0)
-        self._nonzero_bits[z0:z1] |= np.packbits(nonzero, axis=-1)
+        self._nonzero.add(z0, z1, planes)
         labelled = self.label[z0:z1] > 0
         self._labelled_values[channel].append((z0, z1, planes[labelled].astype(np.float32)))
 
     def finish(self) -> CropAnalysis:
         """Raises EmptyImageError when every voxel of every channel was 0."""
-        box_hits = [np.flatnonzero(h) for h in (self._planes_hit, self._yx_hit.any(axis=1), self._yx_hit.any(axis=0))]
-        if any(h.size == 0 for h in box_hits):
+        cropped = self._nonzero.crop()
+        if cropped is None:
             raise EmptyImageError("every voxel of every channel is 0")
-        bbox = tuple((int(h[0]), int(h[-1]) + 1) for h in box_hits)
-        (bz0, bz1), (y0, y1), (x0, x1) = bbox
-        nx = self.shape[2]
-
-        def zeros(z0: int, z1: int, out: np.ndarray) -> None:
-            bits = np.unpackbits(self._nonzero_bits[bz0 + z0:bz0 + z1], axis=-1, count=nx)
-            np.logical_not(bits[:, y0:y1, x0:x1], out=out)
-
-        cropped_shape = (bz1 - bz0, y1 - y0, x1 - x0)
-        filled = fill_holes(cropped_shape, zeros)
-        del self._nonzero_bits
+        bbox, filled = cropped
+        del self._nonzero
+        cropped_shape = filled.shape
         seg_values = _seg_values(label_in_box(self.label, bbox), filled)
         channels = []
         for kept in self._labelled_values:

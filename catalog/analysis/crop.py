@@ -62,26 +62,6 @@ def bounding_box(mask: np.ndarray) -> BBox | None:
     return slab_bounding_box(mask.shape, lambda z0, z1: mask[z0:z1])
 
 
-def _zero_in_all(channels: Sequence[np.ndarray], region: tuple[slice, ...], out: np.ndarray) -> None:
-    """out = every channel is 0 in `region` (the complement of v1's nonzero mask)."""
-    np.equal(channels[0][region], 0, out=out)
-    for channel in channels[1:]:
-        out &= channel[region] == 0
-
-
-def nonzero_bounding_box(channels: Sequence[np.ndarray], slab_voxels: int | None = None) -> BBox | None:
-    """Bounding box of v1's nonzero mask (union over channels of value != 0), slab by slab."""
-    shape = channels[0].shape
-
-    def nonzero(z0: int, z1: int) -> np.ndarray:
-        mask = channels[0][z0:z1] != 0
-        for channel in channels[1:]:
-            mask |= channel[z0:z1] != 0
-        return mask
-
-    return slab_bounding_box(shape, nonzero, slab_voxels)
-
-
 def fill_holes(shape: tuple[int, int, int], zeros_of_planes: Callable[[int, int, np.ndarray], None],
                slab_voxels: int | None = None) -> np.ndarray:
     """Hole-filled mask of a 3D box whose zero (unmasked) voxels are given slab by slab:
@@ -174,21 +154,52 @@ def fill_holes_in_box(mask_in_box: np.ndarray, slab_voxels: int | None = None) -
     return fill_holes(mask_in_box.shape, zeros, slab_voxels)
 
 
+class NonzeroMask:
+    """v1's nonzero mask (any channel != 0) of a (z, y, x) volume, built from slabs of the
+    channels given in any order, so no channel has to be held whole: per-plane and per-(y, x)
+    projections for the box, and 1 bit per voxel for the hole filling."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        z, y, x = shape
+        self.shape = shape
+        self._planes_hit = np.zeros(z, dtype=bool)
+        self._yx_hit = np.zeros((y, x), dtype=bool)
+        self._bits = np.zeros((z, y, (x + 7) // 8), dtype=np.uint8)
+
+    def add(self, z0: int, z1: int, planes: np.ndarray) -> None:
+        """Planes z0..z1 (a (z1 - z0, y, x) array) of one channel."""
+        nonzero = planes != 0
+        self._planes_hit[z0:z1] |= nonzero.any(axis=(1, 2))
+        self._yx_hit |= nonzero.any(axis=0)
+        self._bits[z0:z1] |= np.packbits(nonzero, axis=-1)
+
+    def crop(self, slab_voxels: int | None = None) -> tuple[BBox, np.ndarray] | None:
+        """Bounding box of the mask, and the hole-filled mask inside that box; None when every
+        voxel of every channel is 0. Hole filling cannot change the box (holes are enclosed by
+        mask voxels), so the box is taken first and filling runs inside it only."""
+        hits = [np.flatnonzero(h) for h in (self._planes_hit, self._yx_hit.any(axis=1), self._yx_hit.any(axis=0))]
+        if any(h.size == 0 for h in hits):
+            return None
+        bbox = tuple((int(h[0]), int(h[-1]) + 1) for h in hits)
+        (bz0, _), (y0, y1), (x0, x1) = bbox
+        nx = self.shape[2]
+
+        def zeros(z0: int, z1: int, out: np.ndarray) -> None:
+            bits = np.unpackbits(self._bits[bz0 + z0:bz0 + z1], axis=-1, count=nx)
+            np.logical_not(bits[:, y0:y1, x0:x1], out=out)
+
+        return bbox, fill_holes(tuple(b - a for a, b in bbox), zeros, slab_voxels)  # type: ignore[return-value]
+
+
 def crop_mask(channels: Sequence[np.ndarray], slab_voxels: int | None = None) -> tuple[BBox, np.ndarray] | None:
-    """Bounding box of the union nonzero mask, and the hole-filled mask inside that box.
-
-    Hole filling cannot change the box (holes are enclosed by mask voxels), so the box is taken
-    first and filling runs inside it only. Returns None when every voxel of every channel is 0.
-    """
-    bbox = nonzero_bounding_box(channels, slab_voxels)
-    if bbox is None:
-        return None
-    (bz0, _), (y0, y1), (x0, x1) = bbox
-
-    def zeros(z0: int, z1: int, out: np.ndarray) -> None:
-        _zero_in_all(channels, (slice(bz0 + z0, bz0 + z1), slice(y0, y1), slice(x0, x1)), out)
-
-    return bbox, fill_holes(tuple(b - a for a, b in bbox), zeros, slab_voxels)
+    """`NonzeroMask.crop` of channels held in memory: the box of the union nonzero mask and the
+    hole-filled mask inside it, or None when every voxel of every channel is 0."""
+    shape = channels[0].shape
+    mask = NonzeroMask(shape)
+    for channel in channels:
+        for z0, z1 in z_slabs(shape[0], shape[1] * shape[2], slab_voxels):
+            mask.add(z0, z1, channel[z0:z1])
+    return mask.crop(slab_voxels)
 
 
 def crop_seg(label: np.ndarray, bbox: BBox, filled_mask_in_box: np.ndarray, planes: tuple[int, int] | None = None,
