@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -26,6 +27,18 @@ REPO = HERE.parent
 STAGE = HERE / "_stage.py"
 PG_ADMIN_URL = os.environ.get("CATALOG_BENCH_PG", os.environ.get("CATALOG_TEST_PG",
                                                                   "postgresql://127.0.0.1:5432/postgres"))
+
+
+def argument_parser(doc: str, work_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark script has (--work, --seed, --json, --fail-on-target); the
+    script adds its own."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=doc)
+    ap.add_argument("--work", help=work_help)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write every measurement to this JSON file")
+    ap.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target is missed")
+    return ap
 
 
 def log(message: str) -> None:

@@ -22,7 +22,6 @@ created; default $CATALOG_BENCH_PG, else $CATALOG_TEST_PG, else postgresql://127
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,25 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from _common import (Table, code_state, cached_benchmark_task, cached_small_task, log, mib, raw_voxel_bytes,  # noqa: E402
-                     run_stage, task_files, warm_page_cache, work_dir)
+from _common import (argument_parser, cached_benchmark_task, cached_small_task, code_state, log,  # noqa: E402
+                     mib, raw_voxel_bytes, run_stage, Table, task_files, warm_page_cache, work_dir)
 
 DB_SHARE_TARGET = 0.10
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--work", help="folder for generated tasks and databases (default: $TMPDIR/catalog-bench)")
+    ap = argument_parser(__doc__, "folder for generated tasks and databases (default: $TMPDIR/catalog-bench)")
     ap.add_argument("--quick", action="store_true", help="tiny task (make_task), about a minute")
     ap.add_argument("--cases", type=int, default=6, help="CT benchmark cases (default 6)")
     ap.add_argument("--workers", default="1,2", help="process counts, comma separated (default 1,2)")
     ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--pg", help="PostgreSQL admin URL (see above)")
     ap.add_argument("--repeat", type=int, help="repeat each ingest, keep the fastest (default 3; 1 with --quick)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="also write every measurement to this JSON file")
-    ap.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target is missed")
     return ap.parse_args(argv)
 
 

@@ -31,7 +31,6 @@ run_v1.py's extra props_per_case.pkl step excluded: the comparison favours v1).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -42,8 +41,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (Table, cached_benchmark_task, cached_small_task, log, mib, raw_voxel_bytes,  # noqa: E402
-                     run_stage, run_v1, task_files, warm_page_cache, work_dir)
+from _common import (argument_parser, cached_benchmark_task, cached_small_task, log, mib,  # noqa: E402
+                     raw_voxel_bytes, run_stage, run_v1, Table, task_files, warm_page_cache,
+                     work_dir)
 
 FLOOR_TARGET = {"ct": 2.0, "mr": 1.3}
 V1_TARGET = 5.0
@@ -53,9 +53,7 @@ STEP_NAMES = {"floor": "decode floor", "ingest": "catalog ingest", "export": "ca
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--work", help="folder for generated tasks and outputs (default: $TMPDIR/catalog-bench; "
+    ap = argument_parser(__doc__, "folder for generated tasks and outputs (default: $TMPDIR/catalog-bench; "
                                    "generated tasks are reused from there)")
     ap.add_argument("--quick", action="store_true", help="tiny tasks (make_task), about a minute: checks the "
                                                          "script works; the figures mean nothing")
@@ -68,11 +66,8 @@ def parse_args(argv=None):
                          "near 13 min), at every process count (all: +11 min for 12 CT cases), or not at all")
     ap.add_argument("--repeat", type=int, default=2, help="rounds of floor + ingest + export (alternating order), "
                                                        "keep the fastest of each (default 2); v1 runs once")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--profile", action="store_true", help="cProfile the first 1-worker ingest round (catalog "
                     "analyses in-process then; the other rounds are not profiled); prints the top functions")
-    ap.add_argument("--json", help="also write every measurement to this JSON file")
-    ap.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target is missed")
     return ap.parse_args(argv)
 
 

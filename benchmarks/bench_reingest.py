@@ -20,7 +20,6 @@ which takes about 7 minutes, and hard-linked into a private copy per run), each 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
-from _common import Table, code_state, cached_small_task, log, run_stage, task_files, warm_page_cache, work_dir  # noqa: E402
+from _common import (argument_parser, cached_small_task, code_state, log, run_stage, Table,  # noqa: E402
+                     task_files, warm_page_cache, work_dir)
 
 NOCHANGE_SECONDS = 2.0
 NOCHANGE_SPEEDUP = 50.0
@@ -40,18 +40,13 @@ ONE_CASE_SLACK = 2.0
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    ap.add_argument("--work", help="folder for generated tasks and databases (default: $TMPDIR/catalog-bench)")
+    ap = argument_parser(__doc__, "folder for generated tasks and databases (default: $TMPDIR/catalog-bench)")
     ap.add_argument("--quick", action="store_true", help="20 tiny cases, about a minute")
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--shape-scale", type=float, default=6.0, help="make_task shape_scale (default 6)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--db", help="database URL (default: a fresh SQLite file in --work); 'postgres' = a fresh "
                                  "catalog_bench_<random> database on the local server, dropped afterwards")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", help="also write every measurement to this JSON file")
-    ap.add_argument("--fail-on-target", action="store_true", help="exit 1 when a target is missed")
     return ap.parse_args(argv)
 
 
