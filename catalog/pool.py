@@ -1,7 +1,7 @@
 """Worker process pools for ingest, check and export (one place decides how processes start).
 
 `fork` starts a worker in about 10 ms with everything already imported; a `forkserver` first
-has to import numpy and SimpleITK (about 0.3 s here, a third of a small task's ingest). Forking
+has to import numpy and SimpleITK (0.16–0.3 s here, benchmarks/probe_machine.py). Forking
 is safe only while this process runs no other thread (a lock held by another thread at the fork
 stays locked forever in the child), so `fork` is used only then and only on Linux; otherwise
 the forkserver, which forks from a clean single-threaded process. Workers never touch the
