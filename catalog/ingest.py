@@ -32,7 +32,7 @@ from .models import (
     Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, ChannelStatistics, Finding, IngestRun, Task,
     TaskChannel, TaskLabel, utcnow,
 )
-from .pool import process_pool
+from .pool import objects_frozen, process_pool
 from .properties import refresh_channel_statistics
 
 DEFAULT_LEASE_SECONDS = 120.0
@@ -113,6 +113,12 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
     analysed by one of them. A worker on another machine may see the task under another path;
     the catalog keeps the path of the first ingest (`update_root=True` replaces it).
     """
+    with objects_frozen():  # no full collections over the imported modules: 45 ms of an 8-case MR ingest
+        return _ingest(engine, task_dir, workers, force, update_root, max_image_bytes, lease_seconds, progress)
+
+
+def _ingest(engine, task_dir, workers, force, update_root, max_image_bytes, lease_seconds,
+            progress) -> IngestSummary:
     started = time.monotonic()
     try:
         layout = read_layout(task_dir)

@@ -9,10 +9,12 @@ parent's database connections: they take plain data and return plain data.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import multiprocessing
 import sys
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor  # not lazily: its import is 40 ms cold
 
 _PRELOAD = ["catalog.casework"]  # what every worker needs: numpy, SimpleITK, cc3d, the analysis
@@ -22,6 +24,24 @@ def start_method() -> str:
     if sys.platform.startswith("linux") and threading.active_count() == 1:
         return "fork"
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@contextlib.contextmanager
+def objects_frozen() -> Iterator[None]:
+    """Leave every object that exists now out of garbage collection until the block ends.
+
+    After the imports a process holds about 80,000 tracked objects (numpy, SimpleITK,
+    SQLAlchemy); a full collection walks all of them (26 ms here) and the first ones come
+    within a few dozen ORM statements. Objects made inside the block are collected as usual.
+    Nested blocks leave the unfreezing to the outermost one.
+    """
+    outermost = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if outermost:
+            gc.unfreeze()
 
 
 def process_pool(max_workers: int) -> ProcessPoolExecutor:
@@ -37,9 +57,6 @@ def process_pool(max_workers: int) -> ProcessPoolExecutor:
     if context.get_start_method() == "fork":
         # Fork every worker now, with the parent's objects frozen out of the garbage collector:
         # a collection in a child would otherwise write to (and so copy) every page holding them.
-        gc.freeze()
-        try:
+        with objects_frozen():
             pool.submit(int)  # forks every worker before returning
-        finally:
-            gc.unfreeze()
     return pool

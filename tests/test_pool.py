@@ -55,3 +55,34 @@ def test_forked_and_forkserver_workers_give_the_same_catalog(sqlite_url, tmp_pat
     ingest_task(single, ct_task, workers=1)  # in-process
     assert _catalog(threaded) == _catalog(single)
     assert len(_catalog(single)) > 5
+
+
+def test_objects_frozen_nests_and_still_collects_new_garbage():
+    import gc
+    import weakref
+
+    class Node:
+        pass
+
+    if gc.get_freeze_count():
+        pytest.skip("something froze objects before this test")
+    before = Node()
+    before.cycle = before
+    with pool.objects_frozen():
+        assert gc.get_freeze_count() > 0
+        with pool.objects_frozen():
+            pass
+        assert gc.get_freeze_count() > 0  # the inner block leaves the unfreezing to the outer one
+        made_inside = Node()
+        made_inside.cycle = made_inside
+        gone = weakref.ref(made_inside)
+        del made_inside
+        gc.collect()
+        assert gone() is None  # garbage made inside the block is collected as usual
+        frozen = weakref.ref(before)
+        del before
+        gc.collect()
+        assert frozen() is not None  # frozen: left out of collections
+    assert gc.get_freeze_count() == 0
+    gc.collect()
+    assert frozen() is None  # collected once the block ends

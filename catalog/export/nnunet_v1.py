@@ -33,7 +33,7 @@ from ..db import session_scope
 from ..errors import CatalogError, ExportRefusedError
 from ..models import Case, CaseClass, CaseRegion, Export, IngestRun
 from ..properties import DatasetProperties, error_cases, find_task, load_properties
-from ..pool import process_pool
+from ..pool import objects_frozen, process_pool
 from .pickles import write_pickle
 
 PROVENANCE_FILE = "catalog_provenance.json"
@@ -76,6 +76,13 @@ def export_nnunet_v1(engine: Engine, task_name: str, out_dir: str | None = None,
     reads the raw files from another place than the path stored at ingest (another machine);
     the paths written into the pkl files stay the stored ones.
     """
+    with objects_frozen():  # see pool.objects_frozen: the full collections this process would run
+        return _export(engine, task_name, out_dir, intensity, skip_failed, overwrite, raw_root, workers,
+                       compresslevel, progress)
+
+
+def _export(engine, task_name, out_dir, intensity, skip_failed, overwrite, raw_root, workers, compresslevel,
+            progress) -> ExportSummary:
     import time
 
     started = time.monotonic()
