@@ -118,8 +118,7 @@ def load_properties(engine: Engine, task_name: str, *, intensity: bool | Callabl
     the intensity statistics (as nnU-Net v1's command line does for CT)."""
     with Session(engine) as session:
         task = find_task(session, task_name)
-        modalities = {c.channel: c.name for c in session.scalars(
-            select(TaskChannel).where(TaskChannel.task_id == task.id).order_by(TaskChannel.channel))}
+        modalities = _modalities(session, task.id)
         labels = list(session.scalars(select(TaskLabel).where(TaskLabel.task_id == task.id)
                                       .order_by(TaskLabel.position)))
         original_voxels = cast(Case.original_size_z * Case.original_size_y * Case.original_size_x, Double)
@@ -150,27 +149,34 @@ def load_properties(engine: Engine, task_name: str, *, intensity: bool | Callabl
             class_names={label.value: label.name for label in labels}, modalities=modalities,
             excluded=dict(sorted(excluded.items())))
         if intensity(props.modalities) if callable(intensity) else intensity:
-            props.intensity = _intensity(session, props)
+            props.intensity = _intensity(session, props.task, [(c.id, c.identifier) for c in props.cases],
+                                         props.modalities)
     return props
 
 
-def _intensity(session, props: DatasetProperties) -> dict[int, ChannelIntensity]:
-    """Global stats over pooled samples; local stats straight from the stored columns."""
-    order = {c.id: i for i, c in enumerate(props.cases)}
+def _modalities(session, task_id: int) -> dict[int, str]:
+    return {c.channel: c.name for c in session.scalars(
+        select(TaskChannel).where(TaskChannel.task_id == task_id).order_by(TaskChannel.channel))}
+
+
+def _intensity(session, task: str, cases: list[tuple[int, str]],
+               modalities: dict[int, str]) -> dict[int, ChannelIntensity]:
+    """Global stats over the samples of `cases` ((id, identifier) in v1 order) pooled; local stats
+    straight from the stored columns."""
     result = {}
-    for channel in props.modalities:
-        rows = session.execute(select(CaseChannel).where(CaseChannel.case_id.in_(list(order)),
+    for channel in modalities:
+        rows = session.execute(select(CaseChannel).where(CaseChannel.case_id.in_([i for i, _ in cases]),
                                                       CaseChannel.channel == channel)).scalars().all()
         by_case = {r.case_id: r for r in rows}
-        if set(by_case) != set(order):
-            missing = [c.identifier for c in props.cases if c.id not in by_case]
-            raise CatalogError(f"{props.task}: no intensity samples stored for channel {channel} of "
+        missing = [identifier for i, identifier in cases if i not in by_case]
+        if missing:
+            raise CatalogError(f"{task}: no intensity samples stored for channel {channel} of "
                                f"{', '.join(missing[:5])}; run `catalog ingest --force` on the task")
         samples, local = [], {}
-        for c in props.cases:
-            r = by_case[c.id]
+        for case_id, identifier in cases:
+            r = by_case[case_id]
             samples.append(np.frombuffer(r.samples, dtype="<f4"))
-            local[c.identifier] = IntensityStats(*(dialect.load_float(getattr(r, k)) for k in (
+            local[identifier] = IntensityStats(*(dialect.load_float(getattr(r, k)) for k in (
                 "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")))
         result[channel] = ChannelIntensity(pooled_stats(samples), local)
     return result
@@ -208,25 +214,27 @@ def error_cases(engine: Engine, task_name: str) -> dict[str, list[str]]:
 
 
 def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
-    """Store the task's pooled intensity statistics for the `channel_intensity` view."""
-    props = load_properties(engine, task_name, intensity=True)
+    """Store the task's pooled intensity statistics for the `channel_intensity` view.
+
+    Reads only what the statistics need (the analysed cases' ids and sample arrays), not the
+    whole dataset properties: it runs after every ingest that changed a case."""
     from .db import session_scope
 
     with session_scope(engine) as session:
         task = find_task(session, task_name)
-        rows = []
-        for channel, data in props.intensity.items():
-            stats = data.global_stats
-            rows.append({"task_id": task.id, "channel": channel, "cases": len(props.cases),
-                         "samples": 0,
-                         "computed_at": utcnow(),
-                         **{k: dialect.store_float(getattr(stats, k)) for k in (
-                             "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")}})
+        modalities = _modalities(session, task.id)
+        cases = sorted(session.execute(select(Case.id, Case.identifier)
+                                       .where(Case.task_id == task.id, Case.status == "ok")).all(),
+                       key=lambda row: v1_sort_key(row[1]))
+        intensity = _intensity(session, task.name, cases, modalities)
         counts = dict(session.execute(
             select(CaseChannel.channel, func.sum(CaseChannel.sample_count))
-            .where(CaseChannel.case_id.in_([c.id for c in props.cases])).group_by(CaseChannel.channel)).all())
-        for row in rows:
-            row["samples"] = int(counts.get(row["channel"], 0) or 0)
+            .where(CaseChannel.case_id.in_([i for i, _ in cases])).group_by(CaseChannel.channel)).all())
+        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases),
+                 "samples": int(counts.get(channel, 0) or 0), "computed_at": utcnow(),
+                 **{k: dialect.store_float(getattr(data.global_stats, k)) for k in (
+                     "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")}}
+                for channel, data in intensity.items()]
         session.execute(delete(ChannelStatistics).where(ChannelStatistics.task_id == task.id,
-                                                        ChannelStatistics.channel.not_in(list(props.modalities))))
+                                                        ChannelStatistics.channel.not_in(list(modalities))))
         dialect.upsert(session, ChannelStatistics, rows, ["task_id", "channel"])

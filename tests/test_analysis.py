@@ -12,7 +12,7 @@ from skimage.measure import label as sk_label
 from catalog.analysis import crop as crop_module
 from catalog.analysis.case import analyze_case
 from catalog.analysis.crop import bounding_box, crop_mask, crop_seg, fill_holes_in_box
-from catalog.analysis.intensity import compute_stats, mean_v1, percentile_v1, pooled_stats, std_v1
+from catalog.analysis.intensity import compute_stats, mean_v1, median_v1, percentile_v1, pooled_stats, std_v1
 from catalog.analysis.regions import analyze_regions
 
 
@@ -196,6 +196,20 @@ def test_percentile_v1_matches_numpy_definition():
             # numpy's own linear interpolation on the same float32 data, in float64
             expected = np.percentile(values.astype(np.float64), q)
             assert math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-4)
+
+
+def test_median_v1_is_np_median_bit_for_bit():
+    rng = np.random.default_rng(2)
+    cases = [rng.normal(100, 50, n).astype(np.float32) for n in (1, 2, 3, 4, 999, 1000)]
+    cases += [rng.integers(-3, 4, 1000).astype(np.float32),  # ties around the middle
+              np.array([3.4028235e38, 3.4028235e38], np.float32),  # the float32 sum overflows
+              np.array([1e-45, 3e-45], np.float32),  # subnormal halves
+              np.array([1.0, np.nan, 2.0], np.float32), np.array([-np.inf, np.inf], np.float32)]
+    for values in cases:
+        with np.errstate(over="ignore", invalid="ignore"):
+            got, expected = median_v1(np.sort(values)), np.median(values)
+        assert got.dtype == expected.dtype == np.float32
+        assert got.tobytes() == expected.tobytes() or (np.isnan(got) and np.isnan(expected)), values
 
 
 def test_stats_types_and_values():

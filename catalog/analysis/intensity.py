@@ -52,6 +52,16 @@ def std_v1(values: np.ndarray) -> np.float32:
         return np.sqrt(np.float32(np.float64(total) / n))
 
 
+def median_v1(sorted_values: np.ndarray) -> np.float32:
+    """`np.median(float32_array)` from the array sorted ascending (no partitioned copy): the mean
+    of the middle one or two values, as np.median takes it; NaN when there is any (sorted last)."""
+    n = sorted_values.shape[0]
+    if np.isnan(sorted_values[-1]):
+        return np.float32(np.nan)
+    middle = sorted_values[(n - 1) // 2: n // 2 + 1]
+    return np.mean(middle)
+
+
 @dataclass(frozen=True)
 class IntensityStats:
     """v1's seven statistics. NaN (Python float) everywhere when there were no samples."""
@@ -86,7 +96,7 @@ def compute_stats(samples: np.ndarray) -> IntensityStats:
         return EMPTY_STATS
     ordered = np.sort(values)
     return IntensityStats(
-        median=float(np.median(values)),
+        median=float(median_v1(ordered)),
         mean=float(mean_v1(values)),
         sd=float(std_v1(values)),
         mn=float(ordered[0]),
