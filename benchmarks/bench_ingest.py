@@ -12,7 +12,7 @@ process, the raw files in the page cache:
   (d) nnU-Net v1's crop + DatasetAnalyzer.analyze_dataset (real nnunet 1.7.1 in the parity side
       env, N processes), with its np.savez_compressed and SimpleITK.ReadImage calls timed.
 
-(a), (b) and (c) run --repeat times (default 2) in alternating order and the fastest of each is kept:
+(a), (b) and (c) run --repeat times (default 3) in alternating order and the fastest of each is kept:
 the machine's speed drifts by up to 2x within minutes, so single runs are not comparable.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
@@ -71,8 +71,8 @@ def parse_args(argv=None):
     ap.add_argument("--v1", choices=("all", "max", "none"), default="max",
                     help="run nnU-Net v1 only at the largest process count (max, default: keeps a full run "
                          "near 13 min), at every process count (all: +11 min for 12 CT cases), or not at all")
-    ap.add_argument("--repeat", type=int, default=2, help="rounds of floor + ingest + export (alternating order), "
-                                                       "keep the fastest of each (default 2); v1 runs once")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of floor + ingest + export (alternating order), "
+                                                       "keep the fastest of each (default 3); v1 runs once")
     ap.add_argument("--profile", action="store_true", help="cProfile the first 1-worker ingest round (catalog "
                     "analyses in-process then; the other rounds are not profiled); prints the top functions")
     return ap.parse_args(argv)
