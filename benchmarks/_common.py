@@ -293,6 +293,17 @@ def mib(nbytes: float | None) -> str:
     return "n/a" if nbytes is None else f"{nbytes / 2**20:,.0f} MiB"
 
 
+def report(table: "Table", record: dict, args, started: float, work: Path) -> int:
+    """Print the table and the run's duration, write --json; returns the exit status (1 for a missed
+    target with --fail-on-target)."""
+    print()
+    print(table.render())
+    print(f"(total benchmark time {time.monotonic() - started:.0f} s; work dir {work})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    return 1 if args.fail_on_target and table.failed else 0
+
+
 class Table:
     """Rows of (what, value, target, verdict); verdict is PASS / FAIL / '' (information only).
 

@@ -22,7 +22,6 @@ created; default $CATALOG_BENCH_PG, else $CATALOG_TEST_PG, else postgresql://127
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 from _common import (argument_parser, cached_benchmark_task, cached_small_task, code_state, log,  # noqa: E402
-                     mib, raw_voxel_bytes, run_stage, Table, task_files, warm_page_cache, work_dir)
+                     mib, raw_voxel_bytes, report, run_stage, Table, task_files, warm_page_cache, work_dir)
 
 DB_SHARE_TARGET = 0.10
 
@@ -151,12 +150,7 @@ def main(argv=None) -> int:
         for n in workers:
             table.info(f"wall time ratio postgres / sqlite, {n} worker(s)",
                        f"{results[('postgres', n)]['seconds'] / results[('sqlite', n)]['seconds']:.2f}x")
-    print()
-    print(table.render())
-    print(f"(total benchmark time {time.monotonic() - started:.0f} s; work dir {work})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
-    return 1 if args.fail_on_target and table.failed else 0
+    return report(table, record, args, started, work)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ task that small, per-run and per-worker start-up costs weigh about three times a
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -47,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (argument_parser, cached_benchmark_task, cached_small_task, log, mib,  # noqa: E402
-                     raw_voxel_bytes, run_stage, run_v1, Table, task_files, warm_page_cache,
+                     raw_voxel_bytes, report, run_stage, run_v1, Table, task_files, warm_page_cache,
                      work_dir)
 
 FLOOR_TARGET = {"ct": 2.0, "mr": 1.3}
@@ -263,9 +262,7 @@ def main(argv=None) -> int:
         if kind == "mr" and not args.quick and {1, 2} <= set(workers) and 0 < args.mr_small_cases < args.mr_cases:
             small = cached_benchmark_task(work, "mr", args.mr_small_cases, args.seed)  # hard links to the cases
             bench_small_scaling(small, args, work, table, record)
-    print()
-    print(table.render())
-    print(f"(total benchmark time {time.monotonic() - started:.0f} s; work dir {work})")
+    status = report(table, record, args, started, work)
     if args.profile:
         for kind in kinds:
             prof = record[kind]["by_workers"].get(1, {}).get("profile")
@@ -273,9 +270,7 @@ def main(argv=None) -> int:
                 print(f"\n== {kind.upper()} ==")
                 print_profile(Path(prof))
     shutil.rmtree(work / "run", ignore_errors=True)  # databases, exports, v1 output
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
-    return 1 if args.fail_on_target and table.failed else 0
+    return status
 
 
 if __name__ == "__main__":

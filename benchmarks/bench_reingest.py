@@ -20,7 +20,6 @@ which takes about 7 minutes, and hard-linked into a private copy per run), each 
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402
 from _common import (argument_parser, cached_small_task, code_state, log, run_stage, Table,  # noqa: E402
-                     task_files, warm_page_cache, work_dir)
+                     report, task_files, warm_page_cache, work_dir)
 
 NOCHANGE_SECONDS = 2.0
 NOCHANGE_SPEEDUP = 50.0
@@ -160,13 +159,9 @@ def main(argv=None) -> int:
     table.section("4. one image touched (same bytes)")
     table.info("T5 re-ingest", f"{touched['seconds']:.3f} s ({touched['unchanged']} unchanged, "
                                f"{touched['new'] + touched['changed']} analysed)")
-    print()
-    print(table.render())
-    print(f"(total benchmark time {time.monotonic() - started:.0f} s; work dir {work})")
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2, default=str))
+    status = report(table, record, args, started, work)
     shutil.rmtree(run_dir, ignore_errors=True)
-    return 1 if args.fail_on_target and table.failed else 0
+    return status
 
 
 if __name__ == "__main__":
