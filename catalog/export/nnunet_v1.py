@@ -76,7 +76,7 @@ def export_nnunet_v1(engine: Engine, task_name: str, out_dir: str | None = None,
     reads the raw files from another place than the path stored at ingest (another machine);
     the paths written into the pkl files stay the stored ones.
     """
-    with objects_frozen():  # see pool.objects_frozen: the full collections this process would run
+    with objects_frozen():  # no full collections over the imported modules (see pool.objects_frozen)
         return _export(engine, task_name, out_dir, intensity, skip_failed, overwrite, raw_root, workers,
                        compresslevel, progress)
 
