@@ -33,7 +33,7 @@ from .models import (
     TaskChannel, TaskLabel, utcnow,
 )
 from .pool import objects_frozen, process_pool
-from .properties import refresh_channel_statistics
+from .properties import refresh_channel_statistics, stats_columns
 
 DEFAULT_LEASE_SECONDS = 120.0
 
@@ -563,9 +563,7 @@ def _store_analysis(session, case: Case, outcome: CaseOutcome, run_id: int, clas
                                   for c in a.regions.classes for i, n in enumerate(c.region_voxel_counts)])
     _insert(session, CaseChannel, [dict(
         case_id=case.id, channel=index, sample_count=int(ch.samples.size), samples=ch.samples.astype("<f4").tobytes(),
-        **{k: dialect.store_float(getattr(ch.stats, k)) for k in
-           ("median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")})
-        for index, ch in enumerate(a.channels)])
+        **stats_columns(ch.stats)) for index, ch in enumerate(a.channels)])
 
 
 def _finish_run(engine: Engine, run_id: int, summary: IngestSummary) -> None:

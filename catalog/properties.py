@@ -18,7 +18,7 @@ from sqlalchemy import Double, Engine, case as sql_case, cast, delete, func, sel
 from sqlalchemy.orm import Session
 
 from . import dialect
-from .analysis.intensity import IntensityStats, pooled_stats
+from .analysis.intensity import STAT_KEYS, IntensityStats, pooled_stats
 from .errors import CatalogError
 from .models import Case, CaseChannel, CaseClass, ChannelStatistics, Finding, Task, TaskChannel, TaskLabel, utcnow
 
@@ -53,6 +53,17 @@ class CaseRow:
 class ChannelIntensity:
     global_stats: IntensityStats
     local: dict[str, IntensityStats]  # per case identifier, v1 order
+    pooled_samples: int  # samples behind global_stats
+
+
+def stats_columns(stats: IntensityStats) -> dict:
+    """The seven statistics as the columns of models.V1IntensityStats (NaN stored as NULL)."""
+    return {k: dialect.store_float(getattr(stats, k)) for k in STAT_KEYS}
+
+
+def stats_from_columns(row) -> IntensityStats:
+    """The seven statistics back from a row with models.V1IntensityStats columns."""
+    return IntensityStats(*(dialect.load_float(getattr(row, k)) for k in STAT_KEYS))
 
 
 @dataclass
@@ -176,9 +187,8 @@ def _intensity(session, task: str, cases: list[tuple[int, str]],
         for case_id, identifier in cases:
             r = by_case[case_id]
             samples.append(np.frombuffer(r.samples, dtype="<f4"))
-            local[identifier] = IntensityStats(*(dialect.load_float(getattr(r, k)) for k in (
-                "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")))
-        result[channel] = ChannelIntensity(pooled_stats(samples), local)
+            local[identifier] = stats_from_columns(r)
+        result[channel] = ChannelIntensity(pooled_stats(samples), local, sum(s.size for s in samples))
     return result
 
 
@@ -227,13 +237,8 @@ def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
                                        .where(Case.task_id == task.id, Case.status == "ok")).all(),
                        key=lambda row: v1_sort_key(row[1]))
         intensity = _intensity(session, task.name, cases, modalities)
-        counts = dict(session.execute(
-            select(CaseChannel.channel, func.sum(CaseChannel.sample_count))
-            .where(CaseChannel.case_id.in_([i for i, _ in cases])).group_by(CaseChannel.channel)).all())
-        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases),
-                 "samples": int(counts.get(channel, 0) or 0), "computed_at": utcnow(),
-                 **{k: dialect.store_float(getattr(data.global_stats, k)) for k in (
-                     "median", "mean", "sd", "mn", "mx", "percentile_99_5", "percentile_00_5")}}
+        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": data.pooled_samples,
+                 "computed_at": utcnow(), **stats_columns(data.global_stats)}
                 for channel, data in intensity.items()]
         session.execute(delete(ChannelStatistics).where(ChannelStatistics.task_id == task.id,
                                                         ChannelStatistics.channel.not_in(list(modalities))))
