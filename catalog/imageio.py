@@ -528,6 +528,12 @@ class _RawNifti:
         return self.vox_offset + self.nvox * self.nbyper
 
     @property
+    def decode_bytes(self) -> int:
+        """Memory needed to decode the voxels: stored or returned size, whichever is larger."""
+        out_itemsize = self.out_dtype.itemsize if self.out_dtype is not None else self.nbyper
+        return self.nvox * max(out_itemsize, self.nbyper)
+
+    @property
     def must_rescale(self) -> bool:
         # itk::NiftiImageIO::MustRescale (double epsilon)
         return abs(self.slope) > _DBL_EPS and (
@@ -644,6 +650,16 @@ def _too_large(path: str, what: str, nbytes: int, max_bytes: int) -> ImageReadEr
     )
 
 
+def _truncated(path: str, where: str, length: int, raw: _RawNifti) -> ImageReadError:
+    return ImageReadError(
+        path, f"truncated file: {where} {length} bytes but the header needs {raw.data_end} "
+        f"(vox_offset {raw.vox_offset} + {raw.nvox} voxels x {raw.nbyper} bytes)", check="truncated_file")
+
+
+def _out_of_memory(path: str) -> ImageReadError:
+    return ImageReadError(path, "not enough memory to decode the image", check="image_too_large")
+
+
 def _sitk_read_array(path: str, io: str) -> np.ndarray:
     """Fallback: plain SimpleITK read. Returns a copy (no view outliving its sitk.Image)."""
 
@@ -661,7 +677,7 @@ def _sitk_read_array(path: str, io: str) -> np.ndarray:
                 return read(link)
         return read(path)
     except MemoryError:
-        raise ImageReadError(path, "not enough memory to decode the image", check="image_too_large") from None
+        raise _out_of_memory(path) from None
     except Exception as exc:
         raise ImageReadError(path, f"SimpleITK cannot read the image: {_sitk_message(exc)}") from None
 
@@ -704,13 +720,10 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
         raw = _parse_nifti1(head)
 
     # Refuse absurd sizes from the raw header before inflating anything big.
-    if raw is not None and max_bytes is not None:
-        out_itemsize = raw.out_dtype.itemsize if raw.out_dtype is not None else raw.nbyper
-        need = raw.nvox * max(out_itemsize, raw.nbyper)
-        if need > max_bytes:
-            shape = " x ".join(str(d) for d in raw.dims)
-            raise _too_large(p, f"{shape} voxels of {raw.nbyper} bytes (NIfTI datatype "
-                                f"{raw.datatype})", need, max_bytes)
+    if raw is not None and max_bytes is not None and raw.decode_bytes > max_bytes:
+        shape = " x ".join(str(d) for d in raw.dims)
+        raise _too_large(p, f"{shape} voxels of {raw.nbyper} bytes (NIfTI datatype "
+                            f"{raw.datatype})", raw.decode_bytes, max_bytes)
 
     if is_gzip:
         # Decoded here only when this module understands the header; otherwise SimpleITK decodes
@@ -736,12 +749,7 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
             p, f"truncated file: {where} only {length} bytes, the NIfTI-1 header alone needs "
             f"{_NIFTI1_HEADER_BYTES}", check="truncated_file")
     if raw is not None and length < raw.data_end:
-        raise ImageReadError(
-            p,
-            f"truncated file: {where} {length} bytes but the header needs {raw.data_end} "
-            f"(vox_offset {raw.vox_offset} + {raw.nvox} voxels x {raw.nbyper} bytes)",
-            check="truncated_file",
-        )
+        raise _truncated(p, where, length, raw)
 
     header, pixel_id = _read_header(p)
     if max_bytes is not None and header.nbytes > max_bytes:
@@ -764,7 +772,7 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
         else:
             arr = _sitk_read_array(p, io)
     except MemoryError:
-        raise ImageReadError(p, "not enough memory to decode the image", check="image_too_large") from None
+        raise _out_of_memory(p) from None
     return LoadedImage(header, arr, fingerprint, _count_nonfinite(arr))
 
 
@@ -821,7 +829,7 @@ class ImagePlanes:
         if raw is None or raw.kind is None or len(raw.dims) != 3:
             raise ImageReadError(p, "not a 3D NIfTI-1 image this module decodes")
         budget = raw.data_end + (1 << 20)
-        if self.max_bytes is not None and raw.nvox * max(raw.out_dtype.itemsize, raw.nbyper) > self.max_bytes:
+        if self.max_bytes is not None and raw.decode_bytes > self.max_bytes:
             raise ImageReadError(p, "too large")
         header, pixel_id = _read_header(p)
         fast = (_decoded_here(raw, header, pixel_id) and header.ndim == 3
@@ -852,7 +860,7 @@ class ImagePlanes:
         try:
             yield from self._decode(slab_voxels)
         except MemoryError:
-            raise ImageReadError(self.path, "not enough memory to decode the image", check="image_too_large") from None
+            raise _out_of_memory(self.path) from None
         finally:
             self._close()
 
@@ -893,9 +901,7 @@ class ImagePlanes:
         self._source.drain()
         if z0 < nz:
             where = "the decompressed data holds" if self._is_gzip else "the file holds"
-            raise ImageReadError(
-                p, f"truncated file: {where} {position} bytes but the header needs {raw.data_end} "
-                f"(vox_offset {raw.vox_offset} + {raw.nvox} voxels x {raw.nbyper} bytes)", check="truncated_file")
+            raise _truncated(p, where, position, raw)
         source = self._source
         self.fingerprint = FileFingerprint(p, source.size, self._mtime_ns, source.hasher.hexdigest())
         self.nonfinite_count = nonfinite
