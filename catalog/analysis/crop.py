@@ -48,6 +48,12 @@ def slab_bounding_box(shape: tuple[int, int, int], mask_of_planes: Callable[[int
         mask = mask_of_planes(z0, z1)
         planes_hit[z0:z1] = mask.any(axis=(1, 2))
         yx_hit |= mask.any(axis=0)
+    return _box_of_projections(planes_hit, yx_hit)
+
+
+def _box_of_projections(planes_hit: np.ndarray, yx_hit: np.ndarray) -> BBox | None:
+    """The box from "any True in this z-plane" (z,) and "any True in this (y, x) column" (y, x)
+    projections of a mask; None when the mask is empty."""
     box = []
     for hits in (planes_hit, yx_hit.any(axis=1), yx_hit.any(axis=0)):
         where = np.flatnonzero(hits)
@@ -177,10 +183,9 @@ class NonzeroMask:
         """Bounding box of the mask, and the hole-filled mask inside that box; None when every
         voxel of every channel is 0. Hole filling cannot change the box (holes are enclosed by
         mask voxels), so the box is taken first and filling runs inside it only."""
-        hits = [np.flatnonzero(h) for h in (self._planes_hit, self._yx_hit.any(axis=1), self._yx_hit.any(axis=0))]
-        if any(h.size == 0 for h in hits):
+        bbox = _box_of_projections(self._planes_hit, self._yx_hit)
+        if bbox is None:
             return None
-        bbox = tuple((int(h[0]), int(h[-1]) + 1) for h in hits)
         (bz0, _), (y0, y1), (x0, x1) = bbox
         nx = self.shape[2]
 
