@@ -7,7 +7,7 @@ from .checks import ERROR, FindingData
 from .errors import DatasetLayoutError
 from .imageio import DEFAULT_MAX_IMAGE_BYTES
 from .layout import read_layout
-from .pool import process_pool
+from .pool import freed_memory_kept, process_pool
 
 
 def check_task(task_dir, *, workers: int | None = None,
@@ -30,8 +30,9 @@ def check_task(task_dir, *, workers: int | None = None,
             for c in layout.cases if c.identifier not in blocked]
     workers = min(workers or default_workers(), len(jobs))
     if workers <= 1:
-        for job in jobs:
-            findings.extend(_run_guarded(job))
+        with freed_memory_kept():
+            for job in jobs:
+                findings.extend(_run_guarded(job))
         return findings
     with process_pool(workers) as pool:
         futures = [pool.submit(run_case, job) for job in jobs]

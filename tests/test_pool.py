@@ -86,3 +86,45 @@ def test_objects_frozen_nests_and_still_collects_new_garbage():
     assert gc.get_freeze_count() == 0
     gc.collect()
     assert frozen() is None  # collected once the block ends
+
+
+_BLOCK = 64 << 20  # over glibc's largest dynamic mmap threshold (32 MiB)
+glibc_only = pytest.mark.skipif(pool._glibc() is None, reason="malloc tuning is for glibc only")
+
+
+def _faults_of_second_block() -> int:
+    """Minor page faults while a 64 MiB block is allocated and written a second time, after the
+    first one was freed (bytearray: plain malloc, without numpy's huge-page advice)."""
+    import resource
+
+    import numpy as np
+
+    def allocate_and_write() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = bytearray(_BLOCK)
+        np.frombuffer(block, np.uint8)[:] = 1
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    allocate_and_write()
+    return allocate_and_write()
+
+
+@glibc_only
+def test_freed_memory_kept_reuses_large_blocks_then_gives_them_back():
+    pages = _BLOCK // 4096
+    with pool.freed_memory_kept():
+        with pool.freed_memory_kept():
+            pass
+        assert _faults_of_second_block() < pages // 10  # still kept after the inner block ended
+    assert _faults_of_second_block() > pages // 2  # after the outer one: mapped afresh each time
+
+
+def _faults_in_worker() -> int:
+    return _faults_of_second_block()
+
+
+@glibc_only
+def test_pool_workers_keep_freed_memory():
+    with pool.process_pool(1) as workers:
+        assert workers.submit(_faults_in_worker).result() < (_BLOCK // 4096) // 10

@@ -33,7 +33,7 @@ from ..db import session_scope
 from ..errors import CatalogError, ExportRefusedError
 from ..models import Case, CaseClass, CaseRegion, Export, IngestRun
 from ..properties import DatasetProperties, error_cases, find_task, load_properties
-from ..pool import objects_frozen, process_pool
+from ..pool import freed_memory_kept, objects_frozen, process_pool
 from .pickles import write_pickle
 
 PROVENANCE_FILE = "catalog_provenance.json"
@@ -299,11 +299,12 @@ def _run_parallel(jobs: list[_CaseArrays], workers: int | None, progress) -> Non
     workers = min(workers or default_workers(), len(jobs)) or 1
     done = 0
     if workers <= 1:
-        for job in jobs:
-            write_case_arrays(job)
-            done += 1
-            if progress:
-                progress(done, len(jobs))
+        with freed_memory_kept():
+            for job in jobs:
+                write_case_arrays(job)
+                done += 1
+                if progress:
+                    progress(done, len(jobs))
         return
     with process_pool(workers) as pool:
         for _ in pool.map(write_case_arrays, jobs):
