@@ -316,6 +316,7 @@ class _Runner:
             # instead of waiting for this process to store results and claim
             capacity = 2 * self.pool_size
         last_renewal = time.monotonic()
+        ending = False
         try:
             while waiting or self.in_flight:
                 skipped = self._fill(waiting, capacity)
@@ -330,6 +331,10 @@ class _Runner:
                 elif skipped:
                     time.sleep(min(2.0, self.lease / 10))  # other workers hold these: wait for them
                 waiting[:0] = skipped
+                if not waiting and self.pool is not None and not ending:
+                    # every case submitted: workers exit after their last one, while we store it
+                    self.pool.shutdown(wait=False)
+                    ending = True
                 if time.monotonic() - last_renewal >= self.lease / 4:
                     t0 = time.perf_counter()
                     self._renew()
@@ -344,16 +349,18 @@ class _Runner:
         other live workers hold (to try again later)."""
         skipped = []
         while waiting and len(self.in_flight) < capacity:
-            item = waiting.pop(0)
+            batch = waiting[:capacity - len(self.in_flight)]
+            del waiting[:len(batch)]
             t0 = time.perf_counter()
-            verdict = self._claim(item)
+            verdicts = self._claim(batch)
             self.summary.db_seconds += time.perf_counter() - t0
-            if verdict == "claimed":
-                self._start(item)
-            elif verdict == "busy":
-                skipped.append(item)
-            else:  # done by another worker meanwhile
-                self._count_elsewhere(item)
+            for item, verdict in zip(batch, verdicts):
+                if verdict == "claimed":
+                    self._start(item)
+                elif verdict == "busy":
+                    skipped.append(item)
+                else:  # done by another worker meanwhile
+                    self._count_elsewhere(item)
         return skipped
 
     def _start(self, item: _Planned) -> None:
@@ -393,28 +400,32 @@ class _Runner:
             finished.append((item, outcome))
         return finished
 
-    def _claim(self, item: _Planned) -> str:
-        """Take the case's lease: 'claimed', 'busy' (another live worker has it) or 'done'."""
+    def _claim(self, items: list[_Planned]) -> list[str]:
+        """Take the cases' leases in one transaction (the first cases of a run come as a batch):
+        per case 'claimed', 'busy' (another live worker has it) or 'done'."""
         with session_scope(self.engine) as session:
-            case = session.scalar(dialect.lock_for_claim(select(Case).where(Case.id == item.case_id)))
-            if case is None:
-                return "busy"  # row locked by a worker claiming it right now (PostgreSQL)
             now = dialect.epoch_now(session.connection())
-            claim = session.get(CaseClaim, item.case_id)
-            if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now \
-                    and not _worker_is_dead(claim.worker):
-                return "busy"
-            if self._already_current(session, case, item):
-                if claim is not None and claim.worker == self.worker:
-                    session.delete(claim)
-                return "done"
-            if claim is None:
-                session.add(CaseClaim(case_id=item.case_id, worker=self.worker, ingest_run_id=self.run_id,
-                                      claimed_at=now, lease_expires_at=now + self.lease))
-            else:  # ours already, or an expired lease of a worker that died: take it over
-                claim.worker, claim.ingest_run_id = self.worker, self.run_id
-                claim.claimed_at, claim.lease_expires_at = now, now + self.lease
-            return "claimed"
+            return [self._claim_one(session, now, item) for item in items]
+
+    def _claim_one(self, session, now: float, item: _Planned) -> str:
+        case = session.scalar(dialect.lock_for_claim(select(Case).where(Case.id == item.case_id)))
+        if case is None:
+            return "busy"  # row locked by a worker claiming it right now (PostgreSQL)
+        claim = session.get(CaseClaim, item.case_id)
+        if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now \
+                and not _worker_is_dead(claim.worker):
+            return "busy"
+        if self._already_current(session, case, item):
+            if claim is not None and claim.worker == self.worker:
+                session.delete(claim)
+            return "done"
+        if claim is None:
+            session.add(CaseClaim(case_id=item.case_id, worker=self.worker, ingest_run_id=self.run_id,
+                                  claimed_at=now, lease_expires_at=now + self.lease))
+        else:  # ours already, or an expired lease of a worker that died: take it over
+            claim.worker, claim.ingest_run_id = self.worker, self.run_id
+            claim.claimed_at, claim.lease_expires_at = now, now + self.lease
+        return "claimed"
 
     def _already_current(self, session, case: Case, item: _Planned) -> bool:
         """Another worker stored this case since we planned it (it read the same folder)."""
