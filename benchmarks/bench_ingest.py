@@ -12,8 +12,10 @@ process, the raw files in the page cache:
   (d) nnU-Net v1's crop + DatasetAnalyzer.analyze_dataset (real nnunet 1.7.1 in the parity side
       env, N processes), with its np.savez_compressed and SimpleITK.ReadImage calls timed.
 
-(a), (b) and (c) run --repeat times (default 3) in alternating order and the fastest of each is kept:
-the machine's speed drifts by up to 2x within minutes, so single runs are not comparable.
+(a), (b) and (c) run --repeat rounds (default 3) and the fastest of each is kept: every round
+measures every process count (their order, and the order of the steps, alternate from round to
+round), so the figures compared come from the same minutes. The machine's speed drifts by up to
+2x within minutes, so single runs are not comparable.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
 bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
@@ -109,9 +111,12 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                   f"{in_bytes / 2**20:,.0f} MiB .nii.gz; largest case {mib(largest)} raw voxels")
     v1_at = {"all": set(workers), "max": {max(workers)}, "none": set()}[args.v1]
 
-    for n in workers:
-        m: dict = {}
-        for r in range(args.repeat):
+    # Every round measures every process count, in alternating order, so that the 1- and the
+    # 2-process figures of the speed-up come from the same minutes (the machine drifts).
+    measured: dict[int, dict] = {n: {} for n in workers}
+    for r in range(args.repeat):
+        for n in (workers if r % 2 == 0 else workers[::-1]):
+            m = measured[n]
             # the steps alternate their order from round to round; the fastest of each is kept.
             # (export reads the database of the latest ingest, so round 1 ingests first)
             steps = ("floor", "ingest", "export") if r % 2 == 0 else ("export", "ingest", "floor")
@@ -136,6 +141,9 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                 m.setdefault("rounds", []).append((step, value["seconds"]))
                 if step not in m or value["seconds"] < m[step]["seconds"]:
                     m[step] = value
+
+    for n in workers:
+        m = measured[n]
         if n in v1_at:
             log(f"{kind}: N={n} nnU-Net v1 crop + DatasetAnalyzer (side env)")
             m["v1"] = run_v1(raw_base, task.name, n, run_dir / f"v1-{kind}-w{n}.json")
