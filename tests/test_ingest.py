@@ -9,11 +9,13 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 import catalog.analysis.case
+import catalog.casework
 import catalog.ingest
 from catalog.ingest import ingest_task
 from catalog.models import Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, IngestRun
@@ -85,6 +87,35 @@ def test_stored_facts_match_numpy(engine, mr_task):
         channel = s.scalar(select(CaseChannel).where(CaseChannel.case_id == case.id, CaseChannel.channel == 1))
         expected = arrays[1][sl].astype(np.float32)[seg > 0][::10]
         np.testing.assert_array_equal(np.frombuffer(channel.samples, "<f4"), expected)
+
+
+def _killed_on_ct_000(job):
+    """The worker process dies while it analyses ct_000, as when the OOM killer takes it."""
+    if job.case.identifier == "ct_000":
+        os._exit(137)
+    return catalog.casework.run_case(job)
+
+
+def test_killed_worker_fails_its_cases_and_a_new_pool_goes_on(engine, ct_task, monkeypatch):
+    from catalog import pool
+
+    if pool.start_method() != "fork":
+        pytest.skip("the patched job reaches the workers only when they are forked")
+    monkeypatch.setattr(catalog.ingest, "run_case", _killed_on_ct_000)
+    summary = ingest_task(engine, ct_task, workers=2)
+    status = statuses(engine)
+    assert status["ct_000"] == "failed"
+    assert "ok" in status.values()  # cases submitted after the death ran in a new pool
+    failed = {f.case for f in summary.findings if f.check == "analysis_failed"}
+    assert failed == {case for case, value in status.items() if value == "failed"}
+    assert summary.failed == len(failed)
+    with Session(engine) as s:
+        assert s.scalar(select(func.count()).select_from(CaseClaim)) == 0
+
+    monkeypatch.undo()
+    again = ingest_task(engine, ct_task, workers=2)
+    assert again.new == len(failed) and again.failed == 0  # never analysed before: new
+    assert set(statuses(engine).values()) == {"ok"}
 
 
 def test_change_touch_add_remove(engine, ct_task):
