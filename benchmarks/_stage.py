@@ -178,7 +178,7 @@ def stage_first_case(p: dict) -> dict:
     worker does): the first run also pays for memory the process has never used."""
     from catalog.casework import CaseJob, run_case
     from catalog.layout import read_layout
-    from catalog.pool import freed_memory_kept
+    from catalog.memory import freed_memory_kept
 
     layout = read_layout(p["task_dir"])
     case = next(c for c in layout.cases if c.identifier == p["case"])

@@ -6,13 +6,14 @@ database.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import imageio
+from . import imageio, memory
 from .analysis.case import CaseAnalysis, CropAccumulator, EmptyImageError, label_in_box
 from .analysis.regions import analyze_regions
 from .checks import (
@@ -27,6 +28,9 @@ from .layout import CaseFiles
 # benchmark tasks, against a fixed 1 Mi voxels per slab: CT (int16) ingest 3 % faster with one
 # process and 5 % with two, MR (float32) 6 % and 4 %; 64 Ki float32 voxels was slower again.
 PASS_SLAB_BYTES = 1 << 20
+# Heap faulted in at once before a case is decoded (memory.reserve_heap): at least a byte per
+# voxel for the label and up to one for the hole-filled mask of the box.
+HEAP_RESERVE_BYTES_PER_VOXEL = 2
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,8 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
         # for one pass slab by slab, so no channel is ever held whole (peak memory).
         readers = [stack.enter_context(imageio.read_planes(f"{job.root}/{rel}", max_bytes=job.max_image_bytes))
                    for rel in case.images]
+        if readers:  # a case's largest arrays: the label and the hole-filled box mask
+            memory.reserve_heap(HEAP_RESERVE_BYTES_PER_VOXEL * math.prod(readers[0].header.size))
         label_image = imageio.read_image(f"{job.root}/{case.label}", max_bytes=job.max_image_bytes)
         headers = {("image", c): reader.header for c, reader in enumerate(readers)}
         headers[("label", -1)] = label_image.header

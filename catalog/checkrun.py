@@ -7,7 +7,8 @@ from .checks import ERROR, FindingData
 from .errors import DatasetLayoutError
 from .imageio import DEFAULT_MAX_IMAGE_BYTES
 from .layout import read_layout
-from .pool import freed_memory_kept, process_pool
+from .memory import freed_memory_kept
+from .pool import process_pool
 
 
 def check_task(task_dir, *, workers: int | None = None,

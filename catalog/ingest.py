@@ -32,7 +32,8 @@ from .models import (
     Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, ChannelStatistics, Finding, IngestRun, Task,
     TaskChannel, TaskLabel, utcnow,
 )
-from .pool import freed_memory_kept, objects_frozen, process_pool
+from .memory import freed_memory_kept
+from .pool import objects_frozen, process_pool
 from .properties import refresh_channel_statistics, stats_columns
 
 DEFAULT_LEASE_SECONDS = 120.0

@@ -1,5 +1,5 @@
 """Worker process pools for ingest, check and export: one place decides how processes start and
-how a process that works through cases treats the garbage collector and freed memory.
+how a process that works through cases treats the garbage collector (its memory: `memory`).
 
 `fork` starts a worker in about 10 ms with everything already imported; a `forkserver` first
 has to import numpy and SimpleITK (0.16–0.3 s here, benchmarks/probe_machine.py). Forking
@@ -11,13 +11,14 @@ parent's database connections: they take plain data and return plain data.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import multiprocessing
 import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor  # not lazily: its import is 40 ms cold
+
+from . import memory
 
 _PRELOAD = ["catalog.casework"]  # what every worker needs: numpy, SimpleITK, cc3d, the analysis
 
@@ -46,73 +47,9 @@ def objects_frozen() -> Iterator[None]:
             gc.unfreeze()
 
 
-# glibc's mallopt parameters (malloc.h) and what they are set to while cases are processed.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_BELOW = 1 << 30  # bytes: blocks up to this size come from (and go back to) the heap
-_TRIM_ABOVE = (1 << 31) - 1  # bytes of free heap top before malloc gives memory back (int max)
-# What glibc's own dynamic rule reaches once a process has freed a block of 32 MiB or more
-# (DEFAULT_MMAP_THRESHOLD_MAX, and twice that for trimming): restored after the block.
-_RESTORED_MMAP_THRESHOLD, _RESTORED_TRIM_THRESHOLD = 32 << 20, 64 << 20
-_kept_depth = 0
-_kept_lock = threading.Lock()
-
-
-def _glibc():
-    """The C library when it is glibc (mallopt, malloc_trim), else None (musl, macOS, Windows)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version, libc.mallopt, libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def _keep_freed_memory(libc) -> None:
-    libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)
-    libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_ABOVE)
-
-
-@contextlib.contextmanager
-def freed_memory_kept() -> Iterator[None]:
-    """Let malloc keep freed blocks of any size (up to 1 GiB) for reuse until the block ends.
-
-    glibc serves a block over its mmap threshold (which grows to 32 MiB at most) with freshly
-    mapped pages and unmaps it when freed, so every case's label, masks and inflated bytes were
-    page-faulted and zeroed anew: 64,000 (CT) and 89,000 (MR) page faults per one-process
-    ingest of the benchmark tasks, against 13,000 and 9,000 with the blocks kept. Measured side
-    by side (fastest of 3), ingest took 3-6 % less time with one process and 6-8 % with two,
-    export 11-12 % and 5-7 % (benchmarks/bench_ingest.py against the parent commit). The peak
-    stays the largest case's. At the end the heap's free memory goes back to the system
-    (malloc_trim) and the thresholds are set to those glibc's own rule reaches once a process
-    has freed a large array. No-op without glibc.
-    """
-    global _kept_depth
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    with _kept_lock:
-        _kept_depth += 1
-        if _kept_depth == 1:
-            _keep_freed_memory(libc)
-    try:
-        yield
-    finally:
-        with _kept_lock:
-            _kept_depth -= 1
-            if _kept_depth == 0:
-                libc.mallopt(_M_MMAP_THRESHOLD, _RESTORED_MMAP_THRESHOLD)
-                libc.mallopt(_M_TRIM_THRESHOLD, _RESTORED_TRIM_THRESHOLD)
-                libc.malloc_trim(0)
-
-
 def _start_worker() -> None:
-    """Pool worker set-up: it only processes cases until the pool ends (see freed_memory_kept)."""
-    libc = _glibc()
-    if libc is not None:
-        _keep_freed_memory(libc)
+    """Pool worker set-up: it only processes cases until the pool ends."""
+    memory.keep_freed_memory()
 
 
 def process_pool(max_workers: int) -> ProcessPoolExecutor:

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from catalog import pool
+from catalog import memory, pool
 from catalog.ingest import ingest_task
 from catalog.models import Case, CaseRegion
 
@@ -89,32 +89,34 @@ def test_objects_frozen_nests_and_still_collects_new_garbage():
 
 
 _BLOCK = 64 << 20  # over glibc's largest dynamic mmap threshold (32 MiB)
-glibc_only = pytest.mark.skipif(pool._glibc() is None, reason="malloc tuning is for glibc only")
+glibc_only = pytest.mark.skipif(memory._glibc() is None, reason="malloc tuning is for glibc only")
 
 
-def _faults_of_second_block() -> int:
-    """Minor page faults while a 64 MiB block is allocated and written a second time, after the
-    first one was freed (bytearray: plain malloc, without numpy's huge-page advice)."""
+def _allocate_and_write() -> int:
+    """Minor page faults while a 64 MiB block is allocated, written and freed (bytearray: plain
+    malloc, without numpy's huge-page advice)."""
     import resource
 
     import numpy as np
 
-    def allocate_and_write() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        block = bytearray(_BLOCK)
-        np.frombuffer(block, np.uint8)[:] = 1
-        del block
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = bytearray(_BLOCK)
+    np.frombuffer(block, np.uint8)[:] = 1
+    del block
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    allocate_and_write()
-    return allocate_and_write()
+
+def _faults_of_second_block() -> int:
+    """Page faults of the second of two 64 MiB blocks allocated one after the other."""
+    _allocate_and_write()
+    return _allocate_and_write()
 
 
 @glibc_only
 def test_freed_memory_kept_reuses_large_blocks_then_gives_them_back():
     pages = _BLOCK // 4096
-    with pool.freed_memory_kept():
-        with pool.freed_memory_kept():
+    with memory.freed_memory_kept():
+        with memory.freed_memory_kept():
             pass
         assert _faults_of_second_block() < pages // 10  # still kept after the inner block ended
     assert _faults_of_second_block() > pages // 2  # after the outer one: mapped afresh each time
@@ -128,3 +130,16 @@ def _faults_in_worker() -> int:
 def test_pool_workers_keep_freed_memory():
     with pool.process_pool(1) as workers:
         assert workers.submit(_faults_in_worker).result() < (_BLOCK // 4096) // 10
+
+
+@glibc_only
+def test_reserve_heap_faults_a_case_s_memory_in_beforehand():
+    pages = _BLOCK // 4096
+    assert not memory.reserve_heap(_BLOCK)  # freed memory not kept: it would be unmapped at once
+    with memory.freed_memory_kept():
+        assert _allocate_and_write() > pages // 2  # a fresh heap: faulted in page by page
+    with memory.freed_memory_kept():  # the first block gave its memory back
+        if not memory.reserve_heap(_BLOCK + (1 << 20)):
+            pytest.skip("no MADV_POPULATE_WRITE (Linux < 5.14)")
+        assert not memory.reserve_heap(_BLOCK)  # already there
+        assert _allocate_and_write() < pages // 10

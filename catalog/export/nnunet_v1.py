@@ -33,7 +33,8 @@ from ..db import session_scope
 from ..errors import CatalogError, ExportRefusedError
 from ..models import Case, CaseClass, CaseRegion, Export, IngestRun
 from ..properties import DatasetProperties, error_cases, find_task, load_properties
-from ..pool import freed_memory_kept, objects_frozen, process_pool
+from ..memory import freed_memory_kept
+from ..pool import objects_frozen, process_pool
 from .pickles import write_pickle
 
 PROVENANCE_FILE = "catalog_provenance.json"
