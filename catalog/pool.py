@@ -1,5 +1,5 @@
 """Worker process pools for ingest, check and export: one place decides how processes start and
-how a process that works through cases treats the garbage collector (its memory: `memory`).
+how a process that works through cases treats the garbage collector (its memory: catalog/memory.py).
 
 `fork` starts a worker in about 10 ms with everything already imported; a `forkserver` first
 has to import numpy and SimpleITK (0.16–0.3 s here, benchmarks/probe_machine.py). Forking
