@@ -121,8 +121,12 @@ def task_name_for(engine: Engine, spec: str) -> str:
     return spec  # find_task reports it
 
 
+# The cases dataset properties are made of by default: analysed without errors.
+ANALYSED_STATUSES = ("ok",)
+
+
 def load_properties(engine: Engine, task_name: str, *, intensity: bool | Callable[[dict], bool] = True,
-                    statuses: tuple[str, ...] = ("ok",)) -> DatasetProperties:
+                    statuses: tuple[str, ...] = ANALYSED_STATUSES) -> DatasetProperties:
     """Everything nnU-Net v1's DatasetAnalyzer derives, for the task's cases with `statuses`.
 
     `intensity` may be a rule deciding from the modalities ({channel: name}) whether to compute
@@ -226,15 +230,16 @@ def error_cases(engine: Engine, task_name: str) -> dict[str, list[str]]:
 def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
     """Store the task's pooled intensity statistics for the `channel_intensity` view.
 
-    Reads only what the statistics need (the analysed cases' ids and sample arrays), not the
-    whole dataset properties: it runs after every ingest that changed a case."""
+    Reads only what the statistics need (the ids and sample arrays of the cases `load_properties`
+    takes by default), not the whole dataset properties: it runs after every ingest that changed
+    a case."""
     from .db import session_scope
 
     with session_scope(engine) as session:
         task = find_task(session, task_name)
         modalities = _modalities(session, task.id)
         cases = sorted(session.execute(select(Case.id, Case.identifier)
-                                       .where(Case.task_id == task.id, Case.status == "ok")).all(),
+                                       .where(Case.task_id == task.id, Case.status.in_(ANALYSED_STATUSES))).all(),
                        key=lambda row: v1_sort_key(row[1]))
         intensity = _intensity(session, task.name, cases, modalities)
         rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": data.pooled_samples,
