@@ -114,8 +114,9 @@ def ingest_task(engine: Engine, task_dir, *, workers: int | None = None, force: 
     analysed by one of them. A worker on another machine may see the task under another path;
     the catalog keeps the path of the first ingest (`update_root=True` replaces it).
     """
-    # no full collections over the imported modules (45 ms of an 8-case MR ingest); freed case
-    # arrays reused, not unmapped and faulted in again (when cases are analysed in this process)
+    # No full collections over the imported modules (45 ms of an 8-case MR ingest). Freed case
+    # arrays reused, not unmapped and faulted in again: for the cases analysed in this process
+    # (one worker); pool workers keep freed memory anyway, and this process allocates little.
     with objects_frozen(), freed_memory_kept():
         return _ingest(engine, task_dir, workers, force, update_root, max_image_bytes, lease_seconds, progress)
 
