@@ -6,6 +6,8 @@ test `engine.dialect.name` themselves.
 from __future__ import annotations
 
 import math
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import Engine, Select, event, text
@@ -48,9 +50,9 @@ def configure_engine(engine: Engine, read_only: bool = False) -> None:
         def _sqlite_connect(dbapi_connection, _record):
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
             cursor = dbapi_connection.cursor()
-            if engine.url.database not in (None, "", ":memory:"):
-                cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            if engine.url.database not in (None, "", ":memory:"):
+                _switch_to_wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA synchronous=NORMAL")
             if read_only:
@@ -67,6 +69,26 @@ def configure_engine(engine: Engine, read_only: bool = False) -> None:
             with dbapi_connection.cursor() as cursor:
                 cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
             dbapi_connection.commit()
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """PRAGMA journal_mode=WAL, retried while another connection holds the file's write lock.
+
+    The switch needs an exclusive lock, and while another connection holds a RESERVED lock on a
+    database still in rollback mode (a new catalog that two processes open at the same moment)
+    SQLite answers "database is locked" at once instead of calling the busy handler.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(2 * pause, 0.1)
 
 
 def lock_for_claim(stmt: Select) -> Select:

@@ -113,6 +113,30 @@ def _load_folder(folder: Path) -> dict:
     return content
 
 
+def test_opening_a_new_sqlite_catalog_waits_for_another_connections_write_lock(tmp_path):
+    """Two processes opening a new catalog at once: while one holds the write lock of the file,
+    still in rollback mode, SQLite fails the other's switch to WAL at once (no busy handler);
+    opening must wait for the lock instead (this failed CI about once in 40 simultaneous opens)."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "new.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE other_tool (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.5, lambda: holder.execute("COMMIT"))
+    release.start()
+    started = time.monotonic()
+    engine = make_engine(f"sqlite:///{path}")
+    waited = time.monotonic() - started
+    release.join()
+    holder.close()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert waited >= 0.4
+    engine.dispose()
+
+
 def test_sqlite_and_postgres_give_identical_exports(pg_url, mr_task, tmp_path):
     folders = []
     for name, url in (("sqlite", f"sqlite:///{tmp_path / 'c.db'}"), ("postgres", pg_url)):
