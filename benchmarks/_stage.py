@@ -18,6 +18,8 @@ Stages:
   properties {"db": URL, "task": NAME}          catalog.properties.load_properties (with intensity)
   touch    {"mib": N}                           allocate and touch N MiB, twice (fresh-memory cost)
   first_case {"task_dir": DIR, "case": ID, "repeats": N}  one case analysed N times (catalog.casework)
+  analysis {"task_dir": DIR, "workers": N}      every case analysed as an ingest does, in a pool of
+                                                N catalog workers, without the database
 """
 from __future__ import annotations
 
@@ -194,10 +196,48 @@ def stage_first_case(p: dict) -> dict:
     return {"seconds": times}
 
 
+def stage_analysis(p: dict) -> dict:
+    """Every case checked and analysed (catalog.casework.run_case, as in an ingest) in a fork pool
+    of N catalog worker processes (catalog.pool.process_pool; N=1: in this process), largest case
+    first as an ingest plans them, with no database and no claims: what two processes of this
+    machine give for the analysis alone, side by side with the ingest."""
+    from catalog.casework import CaseJob, run_case
+    from catalog.layout import read_layout
+    from catalog.memory import freed_memory_kept
+    from catalog.pool import process_pool
+
+    layout = read_layout(p["task_dir"])
+    root = layout.root
+
+    def input_bytes(case) -> int:
+        return sum(os.path.getsize(f"{root}/{rel}") for rel in (*case.images, case.label))
+
+    jobs = [CaseJob(root, case, tuple(layout.class_values))
+            for case in sorted(layout.cases, key=input_bytes, reverse=True)]
+    baseline = _rss_now()
+    t0 = time.perf_counter()
+    if p["workers"] == 1:
+        with freed_memory_kept():
+            outcomes = [run_case(job) for job in jobs]
+    else:
+        pool = process_pool(p["workers"])
+        try:
+            outcomes = list(pool.map(run_case, jobs))
+        finally:
+            pool.shutdown(wait=True)
+    seconds = time.perf_counter() - t0
+    failed = [o.identifier for o in outcomes if o.failed]
+    if failed:
+        raise SystemExit(f"analysis failed for {failed}")
+    self_rss, children = _maxrss()
+    return {"seconds": seconds, "baseline_rss": baseline, "self_maxrss": self_rss, "children_maxrss": children}
+
+
 def main() -> int:
     stage, params = sys.argv[1], json.loads(sys.argv[2])
     result = {"floor": stage_floor, "ingest": stage_ingest, "export": stage_export,
-              "properties": stage_properties, "touch": stage_touch, "first_case": stage_first_case}[stage](params)
+              "properties": stage_properties, "touch": stage_touch, "first_case": stage_first_case,
+              "analysis": stage_analysis}[stage](params)
     print("STAGE-RESULT " + json.dumps(result), flush=True)
     return 0
 
