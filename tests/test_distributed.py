@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -117,9 +119,6 @@ def test_opening_a_new_sqlite_catalog_waits_for_another_connections_write_lock(t
     """Two processes opening a new catalog at once: while one holds the write lock of the file,
     still in rollback mode, SQLite fails the other's switch to WAL at once (no busy handler);
     opening must wait for the lock instead (this failed CI about once in 40 simultaneous opens)."""
-    import sqlite3
-    import threading
-
     path = tmp_path / "new.db"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("CREATE TABLE other_tool (x)")
