@@ -220,11 +220,8 @@ def stage_analysis(p: dict) -> dict:
         with freed_memory_kept():
             outcomes = [run_case(job) for job in jobs]
     else:
-        pool = process_pool(p["workers"])
-        try:
+        with process_pool(p["workers"]) as pool:
             outcomes = list(pool.map(run_case, jobs))
-        finally:
-            pool.shutdown(wait=True)
     seconds = time.perf_counter() - t0
     failed = [o.identifier for o in outcomes if o.failed]
     if failed:

@@ -16,9 +16,9 @@ Also, as information: the analysis alone, every case checked and analysed as an 
 pool of N catalog workers without the database (what two processes of this machine give for the
 work itself; the ceiling of the ingest speed-up).
 
-(a), (b), (c) and the analysis alone run --repeat rounds (default 3) and the fastest of each is kept: every round
-measures every process count (their order, and the order of the steps, alternate from round to
-round), so the figures compared come from the same minutes. The machine's speed drifts by up to
+(a), (b), (c) and the analysis alone run --repeat rounds (default 3) and the fastest of each is
+kept: every round measures every process count (their order, and the order of the steps,
+alternate from round to round), so the figures compared come from the same minutes. The machine's speed drifts by up to
 2x within minutes, so single runs are not comparable.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel

@@ -122,14 +122,10 @@ def test_freed_memory_kept_reuses_large_blocks_then_gives_them_back():
     assert _faults_of_second_block() > pages // 2  # after the outer one: mapped afresh each time
 
 
-def _faults_in_worker() -> int:
-    return _faults_of_second_block()
-
-
 @glibc_only
 def test_pool_workers_keep_freed_memory():
     with pool.process_pool(1) as workers:
-        assert workers.submit(_faults_in_worker).result() < (_BLOCK // 4096) // 10
+        assert workers.submit(_faults_of_second_block).result() < (_BLOCK // 4096) // 10
 
 
 @glibc_only
