@@ -11,7 +11,7 @@ from skimage.measure import label as sk_label
 
 from catalog.analysis import crop as crop_module
 from catalog.analysis.case import analyze_case
-from catalog.analysis.crop import bounding_box, crop_mask, crop_seg, fill_holes_in_box
+from catalog.analysis.crop import FilledMask, bounding_box, crop_mask, crop_seg, fill_holes_in_box
 from catalog.analysis.intensity import compute_stats, mean_v1, median_v1, percentile_v1, pooled_stats, std_v1
 from catalog.analysis.regions import analyze_regions
 
@@ -37,8 +37,16 @@ def random_volume(rng, shape=(14, 17, 19), density=0.5, blobs=True):
     return vol
 
 
+# MAX_ROW_CANDIDATE_SHARE: the default; every mask by rows; every mask by labelling all zeros
+HOLE_FILLING_PATHS = [pytest.param(None, id="default"), pytest.param(2.0, id="rows"),
+                      pytest.param(-1.0, id="labelling")]
+
+
+@pytest.mark.parametrize("path", HOLE_FILLING_PATHS)
 @pytest.mark.parametrize("seed", range(12))
-def test_bbox_and_hole_filling_match_v1(seed):
+def test_bbox_and_hole_filling_match_v1(seed, path, monkeypatch):
+    if path is not None:
+        monkeypatch.setattr(crop_module, "MAX_ROW_CANDIDATE_SHARE", path)
     rng = np.random.default_rng(seed)
     shape = (rng.integers(5, 20), rng.integers(5, 20), rng.integers(5, 20))
     channel = np.zeros(shape, np.int16)
@@ -53,7 +61,10 @@ def test_bbox_and_hole_filling_match_v1(seed):
     bbox, filled = crop_mask([channel])
     assert bbox == v1_bbox(filled_v1)
     sl = tuple(slice(a, b) for a, b in bbox)
-    np.testing.assert_array_equal(filled, filled_v1[sl])
+    np.testing.assert_array_equal(filled.to_array(), filled_v1[sl])
+    assert filled.count() == np.count_nonzero(filled_v1)
+    z = int(rng.integers(0, filled.shape[0]))
+    np.testing.assert_array_equal(filled.planes(z, z + 2), filled_v1[sl][z:z + 2])
 
 
 def test_holes_touching_the_volume_border_are_not_filled():
@@ -115,8 +126,59 @@ def test_slab_hole_filling_relabels_a_slab_whose_region_escapes_through_another(
     assert len(calls) == 4 + 2  # 4 slabs, then planes 2-3 and 4-5 again: their tube reaches plane 0
 
 
+def _packed_box(mask):
+    """`fill_holes_by_rows`'s input for a mask whose box is the whole array."""
+    return np.packbits(mask, axis=-1), 0, mask.shape[2]
+
+
+def test_row_spans_are_the_first_and_last_true_voxels_of_each_row():
+    rng = np.random.default_rng(7)
+    mask = np.zeros((3, 5, 21), bool)
+    mask[..., 3:19] = rng.random((3, 5, 16)) < 0.3
+    mask[1, 2] = False  # an empty row
+    mask[2, 4, 3] = mask[2, 4, 18] = True  # the box's first and last x
+    first, last, count = crop_module.row_spans(np.packbits(mask, axis=-1), 3, 16)
+    for (z, y), n in np.ndenumerate(count):
+        xs = np.flatnonzero(mask[z, y]) - 3
+        assert n == xs.size
+        assert (first[z, y], last[z, y]) == ((xs[0], xs[-1]) if xs.size else (16, -1))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_row_hole_filling_matches_scipy(seed):
+    rng = np.random.default_rng(700 + seed)
+    shape = (int(rng.integers(1, 24)), int(rng.integers(1, 12)), int(rng.integers(1, 20)))
+    mask = _tube_volume(rng, shape) if min(shape) >= 3 else rng.random(shape) < 0.8
+    mask[..., 0] = mask[..., -1] = True  # the box's own x extent (y and z may be narrower)
+    filled = crop_module.fill_holes_by_rows(*_packed_box(mask), max_candidates=mask.size)
+    np.testing.assert_array_equal(filled.to_array(), ndimage.binary_fill_holes(mask))
+
+
+def test_row_hole_filling_follows_a_region_through_other_rows_to_a_face():
+    mask = np.ones((5, 7, 9), bool)
+    mask[2, 3, 2:7] = False  # inside row (2, 3) only: a candidate region ...
+    mask[2, 1:3, 4] = False  # ... joined up through row (2, 2) to row (2, 1) ...
+    mask[2, 1, 5:] = False  # ... where it reaches the row's end: an edge zero, so all of it is outside
+    mask[3, 5, 6] = False  # enclosed
+    filled = crop_module.fill_holes_by_rows(*_packed_box(mask), max_candidates=mask.size)
+    expected = ndimage.binary_fill_holes(mask)
+    assert expected[3, 5, 6] and not expected[2, 3, 2:7].any()
+    np.testing.assert_array_equal(filled.to_array(), expected)
+    assert filled.count() == np.count_nonzero(expected)
+
+
+def test_row_hole_filling_leaves_masks_with_many_zeros_inside_rows_to_labelling():
+    mask = np.ones((4, 6, 8), bool)
+    mask[1:3, 1:5, 2:6:2] = False  # 16 candidates
+    assert crop_module.fill_holes_by_rows(*_packed_box(mask), max_candidates=15) is None
+    assert crop_module.fill_holes_by_rows(*_packed_box(mask), max_candidates=16) is not None
+
+
+@pytest.mark.parametrize("path", HOLE_FILLING_PATHS)
 @pytest.mark.parametrize("seed", range(6))
-def test_analyze_case_does_not_depend_on_the_slab_size(seed, monkeypatch):
+def test_analyze_case_does_not_depend_on_the_slab_size(seed, path, monkeypatch):
+    if path is not None:
+        monkeypatch.setattr(crop_module, "MAX_ROW_CANDIDATE_SHARE", path)
     rng = np.random.default_rng(900 + seed)
     shape = (17, 13, 11)
     image = np.zeros(shape, np.int16)
@@ -153,7 +215,7 @@ def test_crop_seg_marks_outside_background_and_keeps_outside_labels():
     label[1, 0, 0] = 2  # labelled voxel outside the mask
     filled = np.zeros((3, 4, 4), bool)
     filled[:, 1:, 1:] = True
-    seg = crop_seg(label, ((0, 3), (0, 4), (0, 4)), filled)
+    seg = crop_seg(label, ((0, 3), (0, 4), (0, 4)), FilledMask.from_array(filled))
     assert seg[1, 0, 0] == 2
     assert seg[0, 0, 0] == -1
     assert seg[0, 1, 1] == 0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crop import BBox, NonzeroMask, as_slices, z_slabs
+from .crop import BBox, FilledMask, NonzeroMask, as_slices, z_slabs
 from .intensity import SAMPLE_STEP, IntensityStats, compute_stats
 from .regions import RegionAnalysis, analyze_regions
 
@@ -97,13 +97,12 @@ class CropAccumulator:
             raise EmptyImageError("every voxel of every channel is 0")
         bbox, filled = cropped
         del self._nonzero
-        cropped_shape = filled.shape
         seg_values = _seg_values(label_in_box(self.label, bbox), filled)
         channels = []
         for kept in self._labelled_values:
             samples = self._samples_in_box(kept, bbox)
             channels.append(ChannelAnalysis(samples, compute_stats(samples)))
-        return CropAnalysis(bbox, cropped_shape, int(np.count_nonzero(filled)), seg_values, tuple(channels))
+        return CropAnalysis(bbox, filled.shape, filled.count(), seg_values, tuple(channels))
 
     def _samples_in_box(self, kept: list[tuple[int, int, np.ndarray]], bbox: BBox) -> np.ndarray:
         """v1's data[c][seg > 0][::10] over the crop: the kept values of labelled voxels inside
@@ -125,7 +124,7 @@ class CropAccumulator:
         return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
 
 
-def _seg_values(boxed_label: np.ndarray, filled: np.ndarray) -> tuple[int, ...]:
+def _seg_values(boxed_label: np.ndarray, filled: FilledMask) -> tuple[int, ...]:
     """np.unique of v1's cropped seg without building it: -1 where the label is 0 outside the
     filled mask, 0 where it is 0 inside, and the positive values present."""
     has_outside_background = has_inside_background = False
@@ -133,12 +132,11 @@ def _seg_values(boxed_label: np.ndarray, filled: np.ndarray) -> tuple[int, ...]:
     shape = boxed_label.shape
     for z0, z1 in z_slabs(shape[0], shape[1] * shape[2]):
         labels = boxed_label[z0:z1]
-        mask = filled[z0:z1]
         background = labels <= 0
-        if not has_outside_background:
-            has_outside_background = bool(np.any(background & ~mask))
-        if not has_inside_background:
-            has_inside_background = bool(np.any(background & mask))
+        if not (has_outside_background and has_inside_background):  # usually settled at once
+            mask = filled.planes(z0, z1)
+            has_outside_background = has_outside_background or bool(np.any(background & ~mask))
+            has_inside_background = has_inside_background or bool(np.any(background & mask))
         values = labels[~background]
         if values.size:
             counts = np.bincount(values)

@@ -2,6 +2,11 @@
 
 All arrays are numpy order (z, y, x). Pure functions: arrays in, arrays and tuples out.
 
+Hole filling works row by row first (`fill_holes_by_rows`): a zero voxel before a row's first
+mask voxel or after its last reaches the box's x faces, so only the zeros between them can be
+holes, and in images those are few. The slab-wise 6-connected labelling of every zero
+(`fill_holes`) is kept for masks with many of them.
+
 Everything here works in slabs of whole z-planes (`SLAB_VOXELS` voxels at most), so that no
 temporary is as large as the volume: a worker's peak memory stays close to the decoded images
 themselves (the full-volume bool mask and the uint32 labels of one connected-components pass over
@@ -150,6 +155,145 @@ def _ids_joined_to_outside(edges: np.ndarray) -> np.ndarray:
     return nodes[parent == parent[0]]  # nodes[0] is id 0
 
 
+class FilledMask:
+    """The hole-filled nonzero mask of a crop box, numpy order (z, y, x) of the box.
+
+    Kept compactly when it came from `fill_holes_by_rows`: per row (z, y) the span
+    [first, last] of its mask voxels, minus `cuts` (sorted flat indices into the box) of the
+    zero voxels inside spans that reach a face. Or, from `fill_holes`, the whole bool array.
+    `planes(z0, z1)` gives the bool array of some planes, so no caller needs all of it at once.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], *, dense: np.ndarray | None = None,
+                 first: np.ndarray | None = None, last: np.ndarray | None = None,
+                 cuts: np.ndarray | None = None):
+        self.shape = tuple(int(n) for n in shape)
+        self._dense, self._first, self._last = dense, first, last
+        self._cuts = cuts if cuts is not None else np.zeros(0, dtype=np.int64)
+
+    @classmethod
+    def from_array(cls, filled: np.ndarray) -> FilledMask:
+        return cls(filled.shape, dense=np.asarray(filled, dtype=bool))
+
+    def count(self) -> int:
+        """Voxels of the filled mask."""
+        if self._dense is not None:
+            return int(np.count_nonzero(self._dense))
+        spans = self._last.astype(np.int64) - self._first + 1
+        return int(spans[spans > 0].sum()) - self._cuts.size
+
+    def planes(self, z0: int, z1: int) -> np.ndarray:
+        """The bool mask of planes z0..z1, a (z1 - z0, y, x) array (a view when dense)."""
+        if self._dense is not None:
+            return self._dense[z0:z1]
+        _, ny, nx = self.shape
+        x = np.arange(nx, dtype=self._first.dtype)
+        out = np.greater_equal(x, self._first[z0:z1, :, None])
+        out &= np.less_equal(x, self._last[z0:z1, :, None])
+        plane_voxels = ny * nx
+        a, b = np.searchsorted(self._cuts, (z0 * plane_voxels, z1 * plane_voxels))
+        out.reshape(-1)[self._cuts[a:b] - z0 * plane_voxels] = False
+        return out
+
+    def to_array(self) -> np.ndarray:
+        """The whole bool mask, (z, y, x) of the box (a new array)."""
+        whole = self.planes(0, self.shape[0])
+        return whole.copy() if self._dense is not None else whole
+
+
+# Per byte of np.packbits output (big-endian bits: voxel x = 8 * byte + bit, bit 0 the most
+# significant): its first and last set bit, and how many bits are set.
+_BYTES = np.arange(256)
+_FIRST_BIT = np.array([8] + [7 - int(b).bit_length() + 1 for b in _BYTES[1:]], dtype=np.int64)
+_LAST_BIT = np.array([-1] + [7 - (int(b) & -int(b)).bit_length() + 1 for b in _BYTES[1:]], dtype=np.int64)
+_SET_BITS = np.array([bin(int(b)).count("1") for b in _BYTES], dtype=np.uint8)
+
+# Beyond this share of the box's voxels as zeros inside rows, `fill_holes` (6-connected
+# labelling of every zero, slab by slab) is cheaper than joining the candidates one by one.
+MAX_ROW_CANDIDATE_SHARE = 1 / 64
+
+
+def row_spans(bits: np.ndarray, x0: int, nx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """First and last True x (relative to x0) and True count of every row of a mask packed
+    along x (`bits`: (z, y, bytes), np.packbits order), whose True voxels all lie in x0..x0+nx.
+    Rows with no True voxel get first = nx, last = -1. Arrays (z, y): int32, int32, int64."""
+    nonzero = bits != 0
+    first_byte = nonzero.argmax(axis=-1)
+    last_byte = bits.shape[-1] - 1 - nonzero[..., ::-1].argmax(axis=-1)
+    first_bits = np.take_along_axis(bits, first_byte[..., None], axis=-1)[..., 0]
+    last_bits = np.take_along_axis(bits, last_byte[..., None], axis=-1)[..., 0]
+    has_any = first_bits != 0  # argmax of an all-False row is 0, a zero byte
+    first = np.where(has_any, 8 * first_byte + _FIRST_BIT[first_bits] - x0, nx).astype(np.int32)
+    last = np.where(has_any, 8 * last_byte + _LAST_BIT[last_bits] - x0, -1).astype(np.int32)
+    if hasattr(np, "bitwise_count") and bits.shape[-1] % 8 == 0:  # numpy >= 2: 8 bytes at a time
+        set_bits = np.bitwise_count(bits.view(np.uint64))
+    else:
+        set_bits = _SET_BITS[bits]
+    return first, last, set_bits.sum(axis=-1, dtype=np.int64)
+
+
+def _zeros_inside_spans(bits: np.ndarray, rows: np.ndarray, first: np.ndarray, last: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(row, x) of the zero bits strictly between first[row] and last[row] of the given rows of
+    `bits` ((rows, bytes), np.packbits order), in row then x order. Works on the bytes that are
+    not all ones, so the cost follows the number of zeros, not of voxels."""
+    zero_bits = np.invert(bits[rows])
+    which, byte = np.nonzero(zero_bits)
+    row, x = np.divmod(np.flatnonzero(np.unpackbits(zero_bits[which, byte][:, None], axis=1)), 8)
+    row, x = rows[which[row]], 8 * byte[row] + x
+    inside = (x > first[row]) & (x < last[row])
+    return row[inside], x[inside]
+
+
+def fill_holes_by_rows(bits: np.ndarray, x0: int, nx: int, max_candidates: int | None = None) -> FilledMask | None:
+    """Hole-filled mask of a box, from the mask packed along x (`bits`: the box's rows,
+    (z, y, bytes) in np.packbits order, True voxels only in x0..x0+nx), where the box is the
+    mask's own bounding box. Same result as `fill_holes`; None when more than `max_candidates`
+    (default: `MAX_ROW_CANDIDATE_SHARE` of the box) zeros lie inside rows.
+
+    A zero before a row's first mask voxel or after its last is joined to an x face along the
+    row ("edge zero", outside). Every other zero ("candidate") is outside exactly when its
+    6-connected region of candidates holds a voxel on a y or z face of the box, or one next to
+    an edge zero (a path from it to a face leaves the candidates there or ends on a face).
+    Those regions are found with a union-find over the candidates alone.
+    """
+    nz, ny = bits.shape[:2]
+    first, last, count = row_spans(bits, x0, nx)
+    gaps = np.maximum(last - first + 1, 0) - count  # candidates per row
+    n_candidates = int(gaps.sum())
+    if max_candidates is None:
+        max_candidates = int(nz * ny * nx * MAX_ROW_CANDIDATE_SHARE)
+    if n_candidates > max_candidates:
+        return None
+    if n_candidates == 0:
+        return FilledMask((nz, ny, nx), first=first, last=last)
+
+    first_of, last_of = first.reshape(-1), last.reshape(-1)
+    row, xs = _zeros_inside_spans(bits.reshape(nz * ny, -1), np.flatnonzero(gaps), first_of + x0, last_of + x0)
+    xs -= x0
+    index = row * nx + xs  # flat index in the box, ascending
+    z, y = np.divmod(row, ny)
+
+    touches = (z == 0) | (z == nz - 1) | (y == 0) | (y == ny - 1)  # on a y or z face
+    inner = np.flatnonzero(~touches)
+    for step in (-ny, -1, 1, ny):  # the rows above, below, before and behind (never off the box)
+        neighbour_row, at = row[inner] + step, xs[inner]
+        touches[inner] |= (at < first_of[neighbour_row]) | (at > last_of[neighbour_row])
+
+    edges = [np.array([[0, 0]], dtype=np.int64),  # node 0 = outside; candidate i = node i + 1
+             np.stack([np.zeros(np.count_nonzero(touches), np.int64), np.flatnonzero(touches) + 1], axis=1)]
+    for offset, valid in ((1, None), (nx, y < ny - 1), (ny * nx, z < nz - 1)):
+        target = index + offset
+        position = np.minimum(np.searchsorted(index, target), index.size - 1)
+        hit = index[position] == target
+        if valid is not None:
+            hit &= valid
+        source = np.flatnonzero(hit)
+        edges.append(np.stack([source + 1, position[source] + 1], axis=1))
+    joined = _ids_joined_to_outside(np.concatenate(edges))
+    return FilledMask((nz, ny, nx), first=first, last=last, cuts=index[joined[1:] - 1])
+
+
 def fill_holes_in_box(mask_in_box: np.ndarray, slab_voxels: int | None = None) -> np.ndarray:
     """Fill the holes of a mask cropped to its own bounding box; same result as
     scipy.ndimage.binary_fill_holes on the whole volume."""
@@ -170,33 +314,38 @@ class NonzeroMask:
         self.shape = shape
         self._planes_hit = np.zeros(z, dtype=bool)
         self._yx_hit = np.zeros((y, x), dtype=bool)
-        self._bits = np.zeros((z, y, (x + 7) // 8), dtype=np.uint8)
+        self._bits = np.zeros((z, y, (x + 63) // 64 * 8), dtype=np.uint8)  # rows of whole 64-bit words
 
     def add(self, z0: int, z1: int, planes: np.ndarray) -> None:
         """Planes z0..z1 (a (z1 - z0, y, x) array) of one channel."""
         nonzero = planes != 0
         self._planes_hit[z0:z1] |= nonzero.any(axis=(1, 2))
         self._yx_hit |= nonzero.any(axis=0)
-        self._bits[z0:z1] |= np.packbits(nonzero, axis=-1)
+        self._bits[z0:z1, :, :(self.shape[2] + 7) // 8] |= np.packbits(nonzero, axis=-1)
 
-    def crop(self, slab_voxels: int | None = None) -> tuple[BBox, np.ndarray] | None:
+    def crop(self, slab_voxels: int | None = None) -> tuple[BBox, FilledMask] | None:
         """Bounding box of the mask, and the hole-filled mask inside that box; None when every
         voxel of every channel is 0. Hole filling cannot change the box (holes are enclosed by
-        mask voxels), so the box is taken first and filling runs inside it only."""
+        mask voxels), so the box is taken first and filling runs inside it only: row by row
+        (`fill_holes_by_rows`), or for masks with many zeros inside rows by `fill_holes`."""
         bbox = _box_of_projections(self._planes_hit, self._yx_hit)
         if bbox is None:
             return None
-        (bz0, _), (y0, y1), (x0, x1) = bbox
+        (bz0, bz1), (y0, y1), (x0, x1) = bbox
+        filled = fill_holes_by_rows(np.ascontiguousarray(self._bits[bz0:bz1, y0:y1]), x0, x1 - x0)
+        if filled is not None:
+            return bbox, filled
         nx = self.shape[2]
 
         def zeros(z0: int, z1: int, out: np.ndarray) -> None:
             bits = np.unpackbits(self._bits[bz0 + z0:bz0 + z1], axis=-1, count=nx)
             np.logical_not(bits[:, y0:y1, x0:x1], out=out)
 
-        return bbox, fill_holes(tuple(b - a for a, b in bbox), zeros, slab_voxels)  # type: ignore[return-value]
+        box_shape = tuple(b - a for a, b in bbox)
+        return bbox, FilledMask.from_array(fill_holes(box_shape, zeros, slab_voxels))  # type: ignore[arg-type]
 
 
-def crop_mask(channels: Sequence[np.ndarray], slab_voxels: int | None = None) -> tuple[BBox, np.ndarray] | None:
+def crop_mask(channels: Sequence[np.ndarray], slab_voxels: int | None = None) -> tuple[BBox, FilledMask] | None:
     """`NonzeroMask.crop` of channels held in memory: the box of the union nonzero mask and the
     hole-filled mask inside it, or None when every voxel of every channel is 0."""
     shape = channels[0].shape
@@ -207,7 +356,7 @@ def crop_mask(channels: Sequence[np.ndarray], slab_voxels: int | None = None) ->
     return mask.crop(slab_voxels)
 
 
-def crop_seg(label: np.ndarray, bbox: BBox, filled_mask_in_box: np.ndarray, planes: tuple[int, int] | None = None,
+def crop_seg(label: np.ndarray, bbox: BBox, filled: FilledMask, planes: tuple[int, int] | None = None,
              dtype=np.int16) -> np.ndarray:
     """v1's cropped seg: label inside the box, -1 where the label is 0 outside the mask.
 
@@ -220,6 +369,6 @@ def crop_seg(label: np.ndarray, bbox: BBox, filled_mask_in_box: np.ndarray, plan
     region = (slice(bbox[0][0] + z0, bbox[0][0] + z1), *as_slices(bbox)[1:])
     seg = label[region].astype(dtype)
     outside_background = seg == 0
-    outside_background &= ~filled_mask_in_box[z0:z1]
+    outside_background &= ~filled.planes(z0, z1)
     seg[outside_background] = -1
     return seg
