@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import imageio, memory
-from .analysis.case import CaseAnalysis, CropAccumulator, EmptyImageError, label_in_box
-from .analysis.regions import analyze_regions
+from .analysis.case import CaseAnalysis, CropAccumulator, EmptyImageError, regions_of_crop
 from .checks import (
     FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, value_counts,
 )
@@ -166,7 +165,7 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
                                     "there is no nonzero region to crop to", case.identifier, reference.path))
         return
     del accumulator
-    regions = analyze_regions(label_in_box(label, crop.bbox), job.class_values)
+    regions = regions_of_crop(label, crop, job.class_values)
     outcome.analysis = CaseAnalysis.from_parts(crop, regions)
     outcome.analysis_seconds = time.perf_counter() - started + adding
 

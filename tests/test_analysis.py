@@ -202,6 +202,32 @@ def test_analyze_case_does_not_depend_on_the_slab_size(seed, path, monkeypatch):
     np.testing.assert_array_equal(whole.channels[1].samples, (image * 2)[box].astype(np.float32)[seg > 0][::10])
 
 
+@pytest.mark.parametrize("labels", ["inside the crop", "also outside the crop", "with undeclared values", "none"])
+@pytest.mark.parametrize("seed", range(4))
+def test_analyze_case_matches_v1s_cropped_seg(seed, labels):
+    """The label's own box (kept values, foreground box, seg values) against v1's way: the
+    whole cropped seg, np.unique, data[seg > 0][::10] and the regions of that seg."""
+    rng = np.random.default_rng(1300 + seed)
+    shape = (15, 12, 14)
+    image = np.zeros(shape, np.float32)
+    image[2:-2, 1:-3, 3:-1] = rng.integers(-2, 3, size=(11, 8, 10))
+    label = np.zeros(shape, np.uint8)
+    if labels != "none":
+        inner = (slice(3, 12), slice(2, 9), slice(4, 12)) if labels != "also outside the crop" else np.s_[:, :, :]
+        for c in (1, 2):
+            label[inner][random_volume(rng, label[inner].shape, 0.25).astype(bool)] = c
+    if labels == "with undeclared values":
+        label[5, 5, 5:8] = 7
+    result = analyze_case([image, image * 3], label, [1, 2, 3])
+    bbox, filled = crop_mask([image, image * 3])
+    seg = crop_seg(label, bbox, filled)
+    assert result.seg_values == tuple(int(v) for v in np.unique(seg))
+    assert result.regions == analyze_regions(seg, [1, 2, 3])
+    box = tuple(slice(a, b) for a, b in bbox)
+    for channel, analysed in zip([image, image * 3], result.channels):
+        np.testing.assert_array_equal(analysed.samples, channel[box][seg > 0][::10])
+
+
 def test_union_mask_over_channels():
     a = np.zeros((4, 4, 4), np.float32)
     b = np.zeros((4, 4, 4), np.float32)
@@ -239,6 +265,7 @@ def test_regions_match_skimage_class_by_class(seed):
     _, n_all = sk_label(np.isin(seg, classes), return_num=True)
     assert result.all_classes_num_regions == n_all
     assert result.foreground_voxels == int(np.sum(seg > 0))
+    assert result.foreground_values == tuple(int(v) for v in np.unique(seg[seg > 0]))
 
 
 def test_corner_touching_blobs_are_one_region():

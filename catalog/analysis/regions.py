@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cc3d
 import numpy as np
 
-from .crop import as_slices, slab_bounding_box
+from .crop import BBox, as_slices, slab_bounding_box
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class RegionAnalysis:
     classes: tuple[ClassRegions, ...]  # one per requested class, in the order requested
     all_classes_num_regions: int  # regions of "seg is any of the requested classes"
     foreground_voxels: int  # seg > 0
+    foreground_values: tuple[int, ...]  # the distinct values > 0 in seg, ascending
 
 
 def analyze_regions(seg: np.ndarray, class_values: Sequence[int]) -> RegionAnalysis:
@@ -44,16 +45,24 @@ def analyze_regions(seg: np.ndarray, class_values: Sequence[int]) -> RegionAnaly
     foreground's own bounding box, usually a small part of the crop.
     """
     box = slab_bounding_box(seg.shape, lambda z0, z1: seg[z0:z1] > 0)
-    if box is None:
+    return analyze_regions_in_box(seg, box, class_values)
+
+
+def analyze_regions_in_box(seg: np.ndarray, foreground_box: BBox | None, class_values: Sequence[int]) -> RegionAnalysis:
+    """`analyze_regions` when the half-open box of `seg > 0` is known (None: no voxel > 0)."""
+    if foreground_box is None:
         empty = tuple(ClassRegions(int(c), 0, ()) for c in class_values)
-        return RegionAnalysis(empty, 0, 0)
-    sub = np.array(seg[as_slices(box)])  # contiguous copy of the foreground box only
+        return RegionAnalysis(empty, 0, 0, ())
+    sub = np.array(seg[as_slices(foreground_box)])  # contiguous copy of the foreground box only
     if sub.dtype.kind == "i":
         np.maximum(sub, 0, out=sub)
     foreground_voxels = int(np.count_nonzero(sub))
     wanted = np.isin(sub, np.asarray(class_values, dtype=sub.dtype))
+    undeclared: tuple[int, ...] = ()
     if np.count_nonzero(wanted) != foreground_voxels:
-        sub[~wanted] = 0  # undeclared values are background for the regions, as in v1
+        undeclared_voxels = ~wanted & (sub > 0)
+        undeclared = tuple(int(v) for v in np.unique(sub[undeclared_voxels]))
+        sub[undeclared_voxels] = 0  # undeclared values are background for the regions, as in v1
     components, n = cc3d.connected_components(sub, connectivity=26, return_N=True)
 
     comp_of_voxel = components[wanted]
@@ -69,4 +78,5 @@ def analyze_regions(seg: np.ndarray, class_values: Sequence[int]) -> RegionAnaly
         classes.append(ClassRegions(int(c), int(sum(sizes)), sizes))
 
     n_union = cc3d.connected_components(wanted, connectivity=26, return_N=True)[1] if n else 0
-    return RegionAnalysis(tuple(classes), int(n_union), foreground_voxels)
+    present = sorted({c.value for c in classes if c.voxel_count} | set(undeclared))
+    return RegionAnalysis(tuple(classes), int(n_union), foreground_voxels, tuple(present))
