@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import imageio, memory
-from .analysis.case import CaseAnalysis, CropAccumulator, EmptyImageError, regions_of_crop
+from .analysis.case import (
+    CaseAnalysis, CropAccumulator, EmptyImageError, LabelSummary, regions_of_crop, summarize_label,
+)
 from .checks import (
     FindingData, geometry_differences, geometry_problems, has_errors, label_value_findings, value_counts,
 )
@@ -126,18 +128,20 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
         label_image = imageio.read_image(f"{job.root}/{case.label}", max_bytes=job.max_image_bytes)
         headers = {("image", c): reader.header for c, reader in enumerate(readers)}
         headers[("label", -1)] = label_image.header
-        label_foreground = _header_checks(job, headers, label_image, outcome.findings)
-        if label_foreground is None:
+        checked = _header_checks(job, headers, label_image, outcome.findings)
+        if checked is None:
             return
+        label_foreground, summary = checked
         outcome.geometry = _geometry(headers[("image", 0)])
         label = label_image.array
         if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
             label = label.astype(np.int16)  # whole, declared values (checked above)
+            summary = summarize_label(label)
         label_path, reference = label_image.header.path, headers[("image", 0)]
         label_fingerprint = label_image.fingerprint
         del label_image
 
-        accumulator = CropAccumulator(label, len(readers))
+        accumulator = CropAccumulator(label, len(readers), summary.foreground_box)
         adding = 0.0
         for c, reader in enumerate(readers):
             slab_voxels = max(1, PASS_SLAB_BYTES // np.dtype(reader.header.pixel_type).itemsize)
@@ -180,10 +184,11 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
             case.identifier, label_path))
 
 
-def _header_checks(job: CaseJob, headers: dict, label_image, findings: list[FindingData]) -> int | None:
+def _header_checks(job: CaseJob, headers: dict, label_image,
+                   findings: list[FindingData]) -> tuple[int, LabelSummary] | None:
     """Checks that need only the headers and the label: dimensions, components, geometry, label
-    values. Returns the label's foreground voxel count, or None (findings added) when the case
-    cannot be analysed."""
+    values. Returns the label's foreground voxel count and summary, or None (findings added)
+    when the case cannot be analysed."""
     identifier = job.case.identifier
     for header in headers.values():
         if header.ndim != 3:
@@ -207,23 +212,24 @@ def _header_checks(job: CaseJob, headers: dict, label_image, findings: list[Find
         for problem in geometry_differences(geometry, _geometry(header), f"in {reference.path}"):
             findings.append(FindingData("geometry_mismatch", f"{header.path}: {problem}", identifier, header.path))
     declared = set(job.class_values) | {0}
-    label_foreground = _declared_label_foreground(label_image.array, declared)
+    summary = summarize_label(label_image.array)  # one pass over the whole (3D) label
+    label_foreground = _declared_label_foreground(label_image.array, summary, declared)
     if label_foreground is None:  # values outside 0..max declared: look at each distinct value
         values, counts = value_counts(label_image.array)
         findings.extend(label_value_findings(values, declared, label_image.header.path, identifier))
         label_foreground = int(counts[values > 0].sum())
-    return None if has_errors(findings) else label_foreground
+    return None if has_errors(findings) else (label_foreground, summary)
 
 
-def _declared_label_foreground(label: np.ndarray, declared: set[int]) -> int | None:
+def _declared_label_foreground(label: np.ndarray, summary: LabelSummary, declared: set[int]) -> int | None:
     """Foreground voxel count when every value of an integer label is surely declared (all of
-    min..max are declared classes): three fast passes instead of counting every distinct value."""
+    min..max are declared classes): the label's summary instead of counting every distinct value."""
     if label.dtype.kind not in "iu" or label.size == 0:
         return None
-    lo, hi = int(label.min()), int(label.max())
+    lo, hi = int(summary.min), int(summary.max)
     if lo < 0 or not set(range(hi + 1)) <= declared:
         return None
-    return int(np.count_nonzero(label))
+    return summary.foreground_voxels
 
 
 def _geometry(header) -> dict:

@@ -9,6 +9,7 @@ import pytest
 from scipy import ndimage
 from skimage.measure import label as sk_label
 
+from catalog.analysis import case as case_module
 from catalog.analysis import crop as crop_module
 from catalog.analysis.case import analyze_case
 from catalog.analysis.crop import FilledMask, bounding_box, crop_mask, crop_seg, fill_holes_in_box
@@ -228,6 +229,21 @@ def test_analyze_case_matches_v1s_cropped_seg(seed, labels):
         np.testing.assert_array_equal(analysed.samples, channel[box][seg > 0][::10])
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+@pytest.mark.parametrize("seed", range(3))
+def test_label_summary_in_one_pass(seed, dtype, monkeypatch):
+    monkeypatch.setattr(case_module, "LABEL_SLAB_BYTES", 300)  # many slabs of a few planes
+    rng = np.random.default_rng(1400 + seed)
+    label = np.zeros((9, 7, 6), dtype)
+    label[rng.random(label.shape) < 0.05 * seed] = 3
+    if np.dtype(dtype).kind != "u":
+        label[2, 3, 4] = -2
+    summary = case_module.summarize_label(label)
+    assert (summary.min, summary.max) == (label.min(), label.max())
+    assert summary.foreground_voxels == np.count_nonzero(label > 0)
+    assert summary.foreground_box == (v1_bbox(label > 0) if (label > 0).any() else None)
+
+
 def test_union_mask_over_channels():
     a = np.zeros((4, 4, 4), np.float32)
     b = np.zeros((4, 4, 4), np.float32)
@@ -313,6 +329,23 @@ def test_stats_types_and_values():
     assert abs(float(std_v1(samples)) - samples.astype(np.float64).std()) < 1e-2
     empty = compute_stats(np.empty(0, np.float32)).as_v1()
     assert all(type(v) is float and math.isnan(v) for v in empty.values())
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_stats_from_a_partition_equal_those_from_a_full_sort(seed):
+    rng = np.random.default_rng(1500 + seed)
+    values = rng.normal(0, 100, int(rng.integers(1, 5000))).astype(np.float32)
+    if seed % 3 == 0:
+        values = np.round(values / 50).astype(np.float32)  # many ties
+    for special, share in ((np.nan, 0.05 * (seed % 2)), (np.inf, 0.02 * (seed % 5 == 0)), (-np.inf, 0.02 * (seed % 7 == 0))):
+        values[rng.random(values.size) < share] = special
+    ordered = np.sort(values)
+    with np.errstate(invalid="ignore"):
+        expected = (median_v1(ordered), ordered[0], ordered[-1], percentile_v1(ordered, 99.5), percentile_v1(ordered, 0.5))
+        stats = compute_stats(values)
+    got = (stats.median, stats.mn, stats.mx, stats.percentile_99_5, stats.percentile_00_5)
+    for a, b in zip(got, expected):
+        assert a == b or (math.isnan(a) and math.isnan(b))
 
 
 def test_pooled_stats_concatenate_in_given_order():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crop import BBox, FilledMask, NonzeroMask, as_slices, slab_bounding_box, z_slabs
+from .crop import BBox, FilledMask, NonzeroMask, as_slices, box_of_projections, slab_bounding_box, z_slabs
 from .intensity import SAMPLE_STEP, IntensityStats, compute_stats
 from .regions import RegionAnalysis, analyze_regions_in_box
 
@@ -79,6 +79,39 @@ def _contains(outer: BBox, inner: BBox) -> bool:
     return all(a <= c and d <= b for (a, b), (c, d) in zip(outer, inner))
 
 
+@dataclass(frozen=True)
+class LabelSummary:
+    """Facts of a whole label image, numpy order (z, y, x): its smallest and largest value, its
+    voxels > 0, and their half-open box (None when there is none)."""
+
+    min: int | float
+    max: int | float
+    foreground_voxels: int
+    foreground_box: BBox | None
+
+
+# Label bytes looked at per step of `summarize_label`: the slab and its temporaries stay in the
+# core's cache, so the label is read from memory once rather than once per fact.
+LABEL_SLAB_BYTES = 1 << 20
+
+
+def summarize_label(label: np.ndarray) -> LabelSummary:
+    """`LabelSummary` of a (z, y, x) label of any real dtype, in one pass."""
+    if label.size == 0:
+        return LabelSummary(0, 0, 0, None)
+    planes_hit = np.zeros(label.shape[0], dtype=bool)
+    yx_hit = np.zeros(label.shape[1:], dtype=bool)
+    lo, hi, foreground = label.flat[0], label.flat[0], 0
+    for z0, z1 in z_slabs(label.shape[0], label.shape[1] * label.shape[2], LABEL_SLAB_BYTES // label.itemsize):
+        planes = label[z0:z1]
+        lo, hi = min(lo, planes.min()), max(hi, planes.max())
+        labelled = planes > 0
+        foreground += int(np.count_nonzero(labelled))
+        planes_hit[z0:z1] = labelled.any(axis=(1, 2))
+        yx_hit |= labelled.any(axis=0)
+    return LabelSummary(lo.item(), hi.item(), foreground, box_of_projections(planes_hit, yx_hit))
+
+
 class CropAccumulator:
     """nnU-Net v1's crop facts from one pass over the image channels, slab by slab, in any order
     of channels and slabs (e.g. as each file is decoded), so no channel has to be held whole.
@@ -90,12 +123,13 @@ class CropAccumulator:
     was kept.
     """
 
-    def __init__(self, label: np.ndarray, n_channels: int):
-        """label: (z, y, x) integer class values (>= 0); the image channels have its shape."""
+    def __init__(self, label: np.ndarray, n_channels: int, label_box: BBox | None):
+        """label: (z, y, x) integer class values (>= 0); the image channels have its shape.
+        label_box: the box of label > 0 (`summarize_label`; None: no voxel > 0)."""
         self.label = label
         self.shape = label.shape
         self._nonzero = NonzeroMask(label.shape)
-        self.label_box = slab_bounding_box(label.shape, lambda z0, z1: label[z0:z1] > 0)  # None: all 0
+        self.label_box = label_box
         self._labelled_values: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(n_channels)]
 
     def add(self, channel: int, z0: int, z1: int, planes: np.ndarray) -> None:
@@ -177,7 +211,7 @@ def analyze_crop(channels: Sequence[np.ndarray], label: np.ndarray) -> CropAnaly
     Raises EmptyImageError when every voxel of every channel is 0. The same pass as
     `CropAccumulator`, over arrays in memory.
     """
-    accumulator = CropAccumulator(label, len(channels))
+    accumulator = CropAccumulator(label, len(channels), summarize_label(label).foreground_box)
     for index, channel in enumerate(channels):
         for z0, z1 in z_slabs(channel.shape[0], channel.shape[1] * channel.shape[2]):
             accumulator.add(index, z0, z1, channel[z0:z1])
