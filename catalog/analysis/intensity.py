@@ -89,12 +89,24 @@ class IntensityStats:
 EMPTY_STATS = IntensityStats(*(math.nan,) * 7)
 
 
+def _order_statistics(values: np.ndarray) -> np.ndarray:
+    """A copy of `values` with every rank `median_v1`, `percentile_v1` (0.5 and 99.5), min and max
+    read holding the value np.sort would put there (NaN last, as np.sort does): a partition at
+    those ranks, several times faster than sorting pooled samples."""
+    n = values.shape[0]
+    ranks = {0, n - 1, (n - 1) // 2, n // 2}
+    for q in (0.5, 99.5):
+        below = math.floor(np.float64(n - 1) * (np.float64(q) / 100))
+        ranks |= {below, min(below + 1, n - 1)}
+    return np.partition(values, sorted(ranks))
+
+
 def compute_stats(samples: np.ndarray) -> IntensityStats:
     """v1's `_compute_stats` on float32 samples (order matters for mean and sd)."""
     values = np.ascontiguousarray(samples, dtype=np.float32)
     if values.size == 0:
         return EMPTY_STATS
-    ordered = np.sort(values)
+    ordered = _order_statistics(values)
     return IntensityStats(
         median=float(median_v1(ordered)),
         mean=float(mean_v1(values)),
