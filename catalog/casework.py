@@ -30,7 +30,8 @@ from .layout import CaseFiles
 # process and 5 % with two, MR (float32) 6 % and 4 %; 64 Ki float32 voxels was slower again.
 PASS_SLAB_BYTES = 1 << 20
 # Heap faulted in at once before a case is decoded (memory.reserve_heap): at least a byte per
-# voxel for the label and up to one for the hole-filled mask of the box.
+# voxel for the label, and one for the hole-filled box mask where it is built whole (a mask
+# with many zeros inside its rows, `analysis.crop.fill_holes`).
 HEAP_RESERVE_BYTES_PER_VOXEL = 2
 
 
