@@ -229,8 +229,9 @@ class CaseChannel(V1IntensityStats, Base):
     channel: Mapped[int] = mapped_column(Integer, primary_key=True)
     sample_count: Mapped[int] = mapped_column(BigInteger)
     samples: Mapped[bytes] = mapped_column(LargeBinary)
-    nonzero_min: Mapped[float | None] = mapped_column(Double)  # over the whole nonzero mask
-    nonzero_max: Mapped[float | None] = mapped_column(Double)
+    # after the mixin's statistics, where the migrations put them (sort_order)
+    nonzero_min: Mapped[float | None] = mapped_column(Double, sort_order=1)  # over the whole nonzero mask
+    nonzero_max: Mapped[float | None] = mapped_column(Double, sort_order=1)
 
 
 class Finding(Base):
@@ -287,4 +288,5 @@ class ChannelStatistics(V1IntensityStats, Base):
     channel: Mapped[int] = mapped_column(Integer, primary_key=True)
     cases: Mapped[int] = mapped_column(Integer)
     samples: Mapped[int] = mapped_column(BigInteger)
-    computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    computed_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow,
+                                                     sort_order=1)  # last, as migration 0002 made it

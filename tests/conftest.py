@@ -25,22 +25,42 @@ def _pg_admin():
 
 
 @pytest.fixture
-def pg_url():
-    """A fresh, empty PostgreSQL database for one test (SQLAlchemy URL)."""
-    name = f"catalog_test_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+def new_pg_url():
+    """Makes fresh, empty PostgreSQL databases (SQLAlchemy URLs), dropped after the test."""
     from sqlalchemy.engine import make_url
 
-    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
-    yield url.render_as_string(hide_password=False)
+    names = []
+
+    def make() -> str:
+        names.append(f"catalog_test_{uuid.uuid4().hex[:12]}")
+        with _pg_admin() as admin:
+            admin.execute(f'CREATE DATABASE "{names[-1]}"')
+        url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=names[-1])
+        return url.render_as_string(hide_password=False)
+
+    yield make
     with _pg_admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def pg_url(new_pg_url):
+    """A fresh, empty PostgreSQL database for one test (SQLAlchemy URL)."""
+    return new_pg_url()
 
 
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'catalog.db'}"
+
+
+@pytest.fixture(params=BACKENDS)
+def new_db_url(request, tmp_path):
+    """Makes fresh, empty databases on each backend in turn (URLs)."""
+    if request.param == "sqlite":
+        return lambda: f"sqlite:///{tmp_path / uuid.uuid4().hex[:12]}.db"
+    return request.getfixturevalue("new_pg_url")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -71,10 +71,10 @@ def test_models_and_migrations_agree(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    from catalog.db import make_engine
     from catalog.models import Base
+    from test_schema import migrated_engine
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    engine = migrated_engine(f"sqlite:///{tmp_path / 'c.db'}")  # not make_engine: it builds from the models
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []

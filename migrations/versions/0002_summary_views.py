@@ -10,7 +10,9 @@ Revision ID: 0002
 Revises: 0001
 """
 import sqlalchemy as sa
-from alembic import op
+
+# `op` is imported in upgrade() and downgrade(): catalog.db reads CREATE_VIEWS to create a new
+# catalog's schema without importing Alembic (catalog.db.create_head_schema).
 
 revision = "0002"
 down_revision = "0001"
@@ -123,9 +125,12 @@ LEFT JOIN channel_statistics AS s ON s.task_id = ch.task_id AND s.channel = ch.c
 """
 
 VIEWS = ("task_summary", "case_summary", "class_summary", "channel_intensity")
+CREATE_VIEWS = (CASE_SUMMARY, CLASS_SUMMARY, TASK_SUMMARY, CHANNEL_INTENSITY)  # in dependency order
 
 
 def upgrade() -> None:
+    from alembic import op
+
     op.create_table(
         "channel_statistics",
         sa.Column("task_id", sa.Integer(), nullable=False),
@@ -144,11 +149,13 @@ def upgrade() -> None:
                                 ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("task_id", "channel", name=op.f("pk_channel_statistics")),
     )
-    for sql in (CASE_SUMMARY, CLASS_SUMMARY, TASK_SUMMARY, CHANNEL_INTENSITY):
+    for sql in CREATE_VIEWS:
         op.execute(sql)
 
 
 def downgrade() -> None:
+    from alembic import op
+
     for name in reversed(VIEWS):
         op.execute(f"DROP VIEW IF EXISTS {name}")
     op.drop_table("channel_statistics")
