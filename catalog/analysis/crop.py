@@ -209,8 +209,11 @@ _LAST_BIT = np.array([-1] + [7 - (int(b) & -int(b)).bit_length() + 1 for b in _B
 _SET_BITS = np.array([bin(int(b)).count("1") for b in _BYTES], dtype=np.uint8)
 
 # Beyond this share of the box's voxels as zeros inside rows, `fill_holes` (6-connected
-# labelling of every zero, slab by slab) is cheaper than joining the candidates one by one.
-MAX_ROW_CANDIDATE_SHARE = 1 / 64
+# labelling of every zero, slab by slab, 2-4 ns per voxel here) is cheaper than joining the
+# candidates (about 1.5 us each). Random masks of 4 M voxels, by hand: 0.05 % of zeros 5 ms
+# against 16 ms, 0.2 % 13 ms against 12 ms, 0.5 % 15 ms against 8 ms. The CT benchmark's
+# masks have 0.01-0.03 %.
+MAX_ROW_CANDIDATE_SHARE = 1 / 512
 
 
 def row_spans(bits: np.ndarray, x0: int, nx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
