@@ -2,7 +2,9 @@
 per-class regions and foreground intensity samples. Pure: arrays in, dataclasses out.
 
 Two steps, so that a caller can free the image channels before the second: `analyze_crop`
-needs the channels and the label, `analyze_regions` only the label. `analyze_case` runs both.
+needs the channels and the label, `regions_of_crop` only the label and the crop.
+`analyze_case` runs both; `CaseAnalysis.from_parts` joins them (the seg's background values come
+from the crop, its positive values from the regions).
 """
 from __future__ import annotations
 
