@@ -204,8 +204,8 @@ class FilledMask:
 # Per byte of np.packbits output (big-endian bits: voxel x = 8 * byte + bit, bit 0 the most
 # significant): its first and last set bit, and how many bits are set.
 _BYTES = np.arange(256)
-_FIRST_BIT = np.array([8] + [7 - int(b).bit_length() + 1 for b in _BYTES[1:]], dtype=np.int64)
-_LAST_BIT = np.array([-1] + [7 - (int(b) & -int(b)).bit_length() + 1 for b in _BYTES[1:]], dtype=np.int64)
+_FIRST_BIT = np.array([8] + [8 - int(b).bit_length() for b in _BYTES[1:]], dtype=np.int64)  # highest set bit
+_LAST_BIT = np.array([-1] + [8 - (int(b) & -int(b)).bit_length() for b in _BYTES[1:]], dtype=np.int64)  # lowest
 _SET_BITS = np.array([bin(int(b)).count("1") for b in _BYTES], dtype=np.uint8)
 
 # Beyond this share of the box's voxels as zeros inside rows, `fill_holes` (6-connected
