@@ -362,6 +362,7 @@ def _inflate_head(data: bytes, nbytes: int = _HEAD_BYTES) -> bytes:
 
 
 _IN_PIECE = 1 << 20  # compressed bytes fed per call
+_MAX_DEFLATE_RATIO = 1032  # deflate's largest inflated / compressed size (258 bytes per 2 bits)
 # Inflated bytes taken per call: a piece small enough to be still in the core's L2 cache (4 MiB
 # here) when it is copied on. With 4 MiB pieces ingest took 2-5 % longer with two processes
 # (side by side on the benchmark tasks: CT 2.94 s against 2.80 s, MR 2.01 s against 1.96 s).
@@ -485,6 +486,9 @@ def _inflate(path: str, data, out: np.ndarray | None, expected: int | None, budg
     total = 0
     for chunk in _inflate_pieces(path, _MemorySource(data), expected, budget):
         if out is not None:
+            if total + len(chunk) > out.size:  # cannot happen for deflate (_MAX_DEFLATE_RATIO)
+                raise ImageReadError(path, f"gzip stream inflates to more than {out.size} bytes",
+                                     check="corrupt_file")
             out[total:total + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
         total += len(chunk)
     return total
@@ -733,7 +737,10 @@ def read_image(path, *, max_bytes: int | None = DEFAULT_MAX_IMAGE_BYTES) -> Load
         # the file after this integrity check, which then only counts the inflated bytes.
         if raw is not None:
             budget = raw.data_end + (1 << 20)
-            buf = np.empty(budget, dtype=np.uint8)
+            # No more than the stream can inflate to: a corrupt vox_offset (a float in the
+            # header) must not make this allocate terabytes. A failed huge allocation also
+            # leaves glibc's heap unable to reuse freed blocks for the rest of the process.
+            buf = np.empty(min(budget, _MAX_DEFLATE_RATIO * data.size + (1 << 20)), dtype=np.uint8)
         else:
             budget = 2 * max_bytes + (64 << 20) if max_bytes is not None else None
             buf = None

@@ -559,6 +559,22 @@ def test_absurd_size_refused_before_allocation(tmp_path, suffix):
     assert h.size == (4000, 4000, 4000) and h.nbytes == 2 * 4000**3
 
 
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_absurd_vox_offset_is_a_truncated_file_not_an_allocation(tmp_path, suffix):
+    """Found by the fuzz test: a flipped byte in vox_offset (1.5e12) made read_image allocate
+    1.38 TiB for the inflated bytes, and numpy's MemoryError escaped."""
+    data = patch_header(nifti_bytes(tmp_path, random_array("int16", shape=(2, 3, 4))), vox_offset=1.5e12)
+    path = write(tmp_path / f"offset{suffix}", data)
+    with pytest.raises(ImageReadError) as whole:
+        read_image(path)
+    with pytest.raises(ImageReadError) as planes:
+        with imageio.read_planes(path) as reader:
+            for _ in reader.slabs(37):
+                pass
+    assert whole.value.check == planes.value.check == "truncated_file"
+    assert str(path) in str(whole.value)
+
+
 def test_max_bytes_option(tmp_path):
     arr = random_array("int16", shape=(4, 5, 6))
     path = str(tmp_path / "small.nii.gz")
