@@ -284,6 +284,14 @@ def test_regions_match_skimage_class_by_class(seed):
     assert result.foreground_values == tuple(int(v) for v in np.unique(seg[seg > 0]))
 
 
+def test_a_declared_class_the_label_dtype_cannot_hold_is_absent():
+    seg = np.zeros((3, 4, 5), np.uint8)
+    seg[1, 1, 1:3] = 1
+    result = analyze_regions(seg, [1, 300])  # numpy refused to cast 300 to uint8 here
+    assert [(c.value, c.voxel_count, c.num_regions) for c in result.classes] == [(1, 2, 1), (300, 0, 0)]
+    assert result.foreground_values == (1,)
+
+
 def test_corner_touching_blobs_are_one_region():
     seg = np.zeros((4, 4, 4), np.int16)
     seg[0:2, 0:2, 0:2] = 1

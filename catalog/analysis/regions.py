@@ -57,7 +57,10 @@ def analyze_regions_in_box(seg: np.ndarray, foreground_box: BBox | None, class_v
     if sub.dtype.kind == "i":
         np.maximum(sub, 0, out=sub)
     foreground_voxels = int(np.count_nonzero(sub))
-    wanted = np.isin(sub, np.asarray(class_values, dtype=sub.dtype))
+    # a declared class the label's dtype cannot hold (300 in a uint8 label) is simply absent
+    limits = np.iinfo(sub.dtype) if sub.dtype.kind in "iu" else None
+    storable = [c for c in class_values if limits is None or limits.min <= c <= limits.max]
+    wanted = np.isin(sub, np.asarray(storable, dtype=sub.dtype))
     undeclared: tuple[int, ...] = ()
     if np.count_nonzero(wanted) != foreground_voxels:
         undeclared_voxels = ~wanted & (sub > 0)
