@@ -106,23 +106,27 @@ def head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
-    from alembic.runtime.migration import MigrationContext
+def stored_revision(conn: Connection) -> str | None:
+    """The revision in Alembic's version table, read with plain SQL (None: no such table)."""
+    if not sa_inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
+
+def current_revision(engine: Engine) -> str | None:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return stored_revision(conn)
 
 
 def check_schema(engine: Engine) -> None:
     """Raise if the database is at a revision this catalog does not know (a newer catalog wrote it)."""
-    with engine.connect() as conn:
-        if stored_revision(conn) == SCHEMA_HEAD:
-            return
-    from alembic.script import ScriptDirectory
-
     current = current_revision(engine)
+    if current == SCHEMA_HEAD:
+        return
     if current is None:
         raise CatalogError(f"{redact(str(engine.url))} holds no catalog yet: run `catalog db upgrade` or an ingest first")
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config())
     try:
         script.get_revision(current)
@@ -137,13 +141,6 @@ def check_schema(engine: Engine) -> None:
 # importing Alembic takes about 0.2 s, as long as the rest of a short command.
 # tests/test_schema.py checks it against Alembic's head, and the two ways' schemas against each other.
 SCHEMA_HEAD = "0002"
-
-
-def stored_revision(conn: Connection) -> str | None:
-    """The revision in Alembic's version table, read with plain SQL (None: no such table)."""
-    if not sa_inspect(conn).has_table("alembic_version"):
-        return None
-    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def _head_migration():
@@ -166,8 +163,7 @@ def create_head_schema(conn: Connection) -> None:
 
 def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
     """Upgrade the schema to head (no-op when current). Returns (before, after) revisions."""
-    with engine.connect() as conn:
-        before = stored_revision(conn)
+    before = current_revision(engine)
     if before == SCHEMA_HEAD:
         return before, SCHEMA_HEAD
     with engine.begin() as conn:
@@ -179,7 +175,7 @@ def upgrade_schema(engine: Engine) -> tuple[str | None, str]:
     from alembic import command
 
     head = head_revision()
-    before = current_revision(engine)
+    before = current_revision(engine)  # again: another process may have upgraded it meanwhile
     if before == head:
         return before, head
     if before is not None:

@@ -154,23 +154,25 @@ class CropAccumulator:
         bbox, filled = cropped
         del self._nonzero
         boxed_label = label_in_box(self.label, bbox)
-        if self.label_box is None or _contains(bbox, self.label_box):  # the usual case
+        everything_inside = self.label_box is None or _contains(bbox, self.label_box)  # the usual case
+        if everything_inside:
             foreground_box = None if self.label_box is None else \
                 tuple((a - o, b - o) for (a, b), (o, _) in zip(self.label_box, bbox))
         else:  # labelled voxels outside the crop: v1 drops them
             foreground_box = slab_bounding_box(boxed_label.shape, lambda z0, z1: boxed_label[z0:z1] > 0)
         channels = []
         for kept in self._labelled_values:
-            samples = self._samples_in_box(kept, bbox)
+            samples = self._samples_in_box(kept, bbox, everything_inside)
             channels.append(ChannelAnalysis(samples, compute_stats(samples)))
         return CropAnalysis(bbox, filled.shape, filled.count(), _background_values(boxed_label, filled),
                             foreground_box, tuple(channels))  # type: ignore[arg-type]
 
-    def _samples_in_box(self, kept: list[tuple[int, int, np.ndarray]], bbox: BBox) -> np.ndarray:
+    def _samples_in_box(self, kept: list[tuple[int, int, np.ndarray]], bbox: BBox,
+                        everything_inside: bool) -> np.ndarray:
         """v1's data[c][seg > 0][::10] over the crop: the kept values of labelled voxels inside
-        the box, in C order, every 10th from the first."""
+        the box, in C order, every 10th from the first. `everything_inside`: the label's box lies
+        in the crop box, so every kept value counts."""
         parts, before = [], 0
-        everything_inside = self.label_box is None or _contains(bbox, self.label_box)
         if not everything_inside:
             (lz0, _), (ly0, ly1), (lx0, lx1) = self.label_box
             (bz0, bz1), (by0, by1), (bx0, bx1) = bbox
