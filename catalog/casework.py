@@ -136,8 +136,9 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
         outcome.geometry = _geometry(headers[("image", 0)])
         label = label_image.array
         if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
-            label = label.astype(np.int16)  # whole, declared values (checked above)
-            summary = summarize_label(label)
+            # whole, declared values >= 0 (checked above), kept exactly: the summary still holds
+            fits_int16 = summary.max <= np.iinfo(np.int16).max
+            label = label.astype(np.int16 if fits_int16 else np.int32)
         label_path, reference = label_image.header.path, headers[("image", 0)]
         label_fingerprint = label_image.fingerprint
         del label_image

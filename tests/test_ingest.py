@@ -89,6 +89,35 @@ def test_stored_facts_match_numpy(engine, mr_task):
         np.testing.assert_array_equal(np.frombuffer(channel.samples, "<f4"), expected)
 
 
+def test_a_class_value_beyond_int16_is_kept(engine, ct_task):
+    """Labels that are not uint8/int16 are converted before the analysis: to int16 only when
+    their values fit (a declared 40000 once wrapped to -25536 and vanished from the counts)."""
+    dataset = json.loads((ct_task / "dataset.json").read_text())
+    dataset["labels"]["40000"] = dataset["labels"].pop("3")
+    (ct_task / "dataset.json").write_text(json.dumps(dataset))
+    labels = {}
+    for path in sorted((ct_task / "labelsTr").glob("*.nii.gz")):
+        image = sitk.ReadImage(str(path))
+        array = sitk.GetArrayFromImage(image).astype(np.int32)
+        array[array == 3] = 40000
+        labels[path.name[:-len(".nii.gz")]] = array
+        new = sitk.GetImageFromArray(array)
+        new.CopyInformation(image)
+        sitk.WriteImage(new, str(path), useCompression=True)
+    summary = ingest_task(engine, ct_task, workers=1)
+    assert summary.failed == 0
+    with Session(engine) as s:
+        rows = s.execute(select(Case, CaseClass.voxel_count).join(CaseClass)
+                         .where(CaseClass.class_value == 40000, Case.status == "ok")).all()
+        assert rows and sum(n for _, n in rows) > 0
+        for case, stored in rows:
+            box = (slice(case.bbox_z0, case.bbox_z1), slice(case.bbox_y0, case.bbox_y1),
+                   slice(case.bbox_x0, case.bbox_x1))
+            in_crop = int(np.sum(labels[case.identifier][box] == 40000))
+            assert stored == in_crop
+            assert (40000 in case.seg_values) == (in_crop > 0)
+
+
 def _killed_on_ct_000(job):
     """The worker process dies while it analyses ct_000, as when the OOM killer takes it."""
     if job.case.identifier == "ct_000":
