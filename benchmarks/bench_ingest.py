@@ -17,9 +17,10 @@ pool of N catalog workers without the database (what two processes of this machi
 work itself; the ceiling of the ingest speed-up).
 
 (a), (b), (c) and the analysis alone run --repeat rounds (default 3) and the fastest of each is
-kept: every round measures every process count (their order, and the order of the steps,
-alternate from round to round), so the figures compared come from the same minutes. The machine's speed drifts by up to
-2x within minutes, so single runs are not comparable.
+kept. Every round measures every step at every process count, the process counts of one step back
+to back, so the 1- and 2-process figures of a speed-up are taken seconds apart; the order of the
+steps and of the process counts alternates from round to round. The machine's speed drifts by up
+to 2x within minutes, so single runs are not comparable.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
 bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
@@ -116,18 +117,19 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                   f"{in_bytes / 2**20:,.0f} MiB .nii.gz; largest case {mib(largest)} raw voxels")
     v1_at = {"all": set(workers), "max": {max(workers)}, "none": set()}[args.v1]
 
-    # Every round measures every process count, in alternating order, so that the 1- and the
-    # 2-process figures of the speed-up come from the same minutes (the machine drifts).
+    # Every round measures every step at every process count, the process counts of one step
+    # back to back (seconds apart), so that the 1- and 2-process figures of a speed-up come from
+    # the same minute: the machine drifts by a third within minutes. The order of the steps and of
+    # the process counts alternates from round to round; the fastest of each is kept.
     measured: dict[int, dict] = {n: {} for n in workers}
     for r in range(args.repeat):
-        for n in (workers if r % 2 == 0 else workers[::-1]):
-            m = measured[n]
-            # the steps alternate their order from round to round; the fastest of each is kept.
-            # (export reads the database of the latest ingest, so round 1 ingests first)
-            steps = (("floor", "ingest", "export", "analysis") if r % 2 == 0
-                     else ("analysis", "export", "ingest", "floor"))
-            db_path = run_dir / f"{kind}-ingest-w{n}.db"
-            for step in steps:
+        # (export reads the database of the latest ingest at its process count, so round 1
+        # ingests first)
+        steps = ("floor", "ingest", "export", "analysis") if r % 2 == 0 else ("analysis", "export", "ingest", "floor")
+        for step in steps:
+            for n in (workers if r % 2 == 0 else workers[::-1]):
+                m = measured[n]
+                db_path = run_dir / f"{kind}-ingest-w{n}.db"
                 log(f"{kind}: N={n} {STEP_NAMES[step]} (round {r + 1})")
                 if step == "floor":
                     value = run_stage("floor", files=files, workers=n)
@@ -212,6 +214,7 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         speedup = one["ingest"]["seconds"] / two["ingest"]["seconds"]
         table.check("ingest speed-up, 2 workers over 1", f"{speedup:.2f}x", f">= {SCALING_TARGET}x",
                     speedup >= SCALING_TARGET)
+        table.info("    the same, round by round (info)", ", ".join(f"{x:.2f}x" for x in round_ratios(one, two, "ingest")))
         table.info("    decode floor speed-up (info)", f"{one['floor']['seconds'] / two['floor']['seconds']:.2f}x")
         # what this machine gives two processes for the same analysis without claims, storing and
         # the statistics at the end: the ceiling for the ingest speed-up
@@ -236,6 +239,13 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                    f"{first[0] - min(first[1:]):.2f} s more (each worker pays it once)")
         rec["fresh_memory_ms_per_mib"] = (first_ms, again_ms)
         rec["largest_case_repeats"] = first
+
+
+def round_ratios(one: dict, two: dict, step: str) -> list[float]:
+    """1-process over 2-process seconds of `step`, round by round (the two measured back to back)."""
+    ones = [x for st, x in one["rounds"] if st == step]
+    twos = [x for st, x in two["rounds"] if st == step]
+    return [a / b for a, b in zip(ones, twos)]
 
 
 def bench_small_scaling(small: Path, args, work: Path, table: Table, record: dict) -> None:
