@@ -119,7 +119,7 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
 
     # Every round measures every step at every process count, the process counts of one step
     # back to back (seconds apart), so that the 1- and 2-process figures of a speed-up come from
-    # the same minute: the machine drifts by a third within minutes. The order of the steps and of
+    # the same minute: the machine drifts by a fifth or more within minutes. The order of the steps and of
     # the process counts alternates from round to round; the fastest of each is kept.
     measured: dict[int, dict] = {n: {} for n in workers}
     for r in range(args.repeat):
