@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crop import BBox, FilledMask, NonzeroMask, as_slices, box_of_projections, slab_bounding_box, z_slabs
+from .crop import BBox, FilledMask, NonzeroMask, as_slices, slab_bounding_box, z_slabs
 from .intensity import SAMPLE_STEP, IntensityStats, compute_stats
 from .regions import RegionAnalysis, analyze_regions_in_box
 
@@ -101,17 +101,18 @@ def summarize_label(label: np.ndarray) -> LabelSummary:
     """`LabelSummary` of a (z, y, x) label of any real dtype, in one pass."""
     if label.size == 0:
         return LabelSummary(0, 0, 0, None)
-    planes_hit = np.zeros(label.shape[0], dtype=bool)
-    yx_hit = np.zeros(label.shape[1:], dtype=bool)
     lo, hi, foreground = label.flat[0], label.flat[0], 0
-    for z0, z1 in z_slabs(label.shape[0], label.shape[1] * label.shape[2], LABEL_SLAB_BYTES // label.itemsize):
+
+    def labelled(z0: int, z1: int) -> np.ndarray:  # the other facts of each slab on the way
+        nonlocal lo, hi, foreground
         planes = label[z0:z1]
         lo, hi = min(lo, planes.min()), max(hi, planes.max())
-        labelled = planes > 0
-        foreground += int(np.count_nonzero(labelled))
-        planes_hit[z0:z1] = labelled.any(axis=(1, 2))
-        yx_hit |= labelled.any(axis=0)
-    return LabelSummary(lo.item(), hi.item(), foreground, box_of_projections(planes_hit, yx_hit))
+        mask = planes > 0
+        foreground += int(np.count_nonzero(mask))
+        return mask
+
+    box = slab_bounding_box(label.shape, labelled, LABEL_SLAB_BYTES // label.itemsize)
+    return LabelSummary(lo.item(), hi.item(), foreground, box)
 
 
 class CropAccumulator:

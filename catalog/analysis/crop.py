@@ -53,10 +53,10 @@ def slab_bounding_box(shape: tuple[int, int, int], mask_of_planes: Callable[[int
         mask = mask_of_planes(z0, z1)
         planes_hit[z0:z1] = mask.any(axis=(1, 2))
         yx_hit |= mask.any(axis=0)
-    return box_of_projections(planes_hit, yx_hit)
+    return _box_of_projections(planes_hit, yx_hit)
 
 
-def box_of_projections(planes_hit: np.ndarray, yx_hit: np.ndarray) -> BBox | None:
+def _box_of_projections(planes_hit: np.ndarray, yx_hit: np.ndarray) -> BBox | None:
     """The box from "any True in this z-plane" (z,) and "any True in this (y, x) column" (y, x)
     projections of a mask; None when the mask is empty."""
     box = []
@@ -331,7 +331,7 @@ class NonzeroMask:
         voxel of every channel is 0. Hole filling cannot change the box (holes are enclosed by
         mask voxels), so the box is taken first and filling runs inside it only: row by row
         (`fill_holes_by_rows`), or for masks with many zeros inside rows by `fill_holes`."""
-        bbox = box_of_projections(self._planes_hit, self._yx_hit)
+        bbox = _box_of_projections(self._planes_hit, self._yx_hit)
         if bbox is None:
             return None
         (bz0, bz1), (y0, y1), (x0, x1) = bbox
