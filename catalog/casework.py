@@ -129,10 +129,9 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
         label_image = imageio.read_image(f"{job.root}/{case.label}", max_bytes=job.max_image_bytes)
         headers = {("image", c): reader.header for c, reader in enumerate(readers)}
         headers[("label", -1)] = label_image.header
-        checked = _header_checks(job, headers, label_image, outcome.findings)
-        if checked is None:
+        summary = _header_checks(job, headers, label_image, outcome.findings)
+        if summary is None:
             return
-        label_foreground, summary = checked
         outcome.geometry = _geometry(headers[("image", 0)])
         label = label_image.array
         if label.dtype.kind == "f" or label.dtype.itemsize > 2 or label.dtype == np.uint16:
@@ -175,7 +174,7 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
     outcome.analysis = CaseAnalysis.from_parts(crop, regions)
     outcome.analysis_seconds = time.perf_counter() - started + adding
 
-    kept = outcome.analysis.regions.foreground_voxels
+    kept, label_foreground = outcome.analysis.regions.foreground_voxels, summary.foreground_voxels
     if label_foreground == 0:
         findings.append(FindingData("no_foreground", f"{label_path}: the label has no foreground voxel (only 0)",
                                     case.identifier, label_path))
@@ -187,10 +186,10 @@ def _run(job: CaseJob, outcome: CaseOutcome) -> None:
 
 
 def _header_checks(job: CaseJob, headers: dict, label_image,
-                   findings: list[FindingData]) -> tuple[int, LabelSummary] | None:
+                   findings: list[FindingData]) -> LabelSummary | None:
     """Checks that need only the headers and the label: dimensions, components, geometry, label
-    values. Returns the label's foreground voxel count and summary, or None (findings added)
-    when the case cannot be analysed."""
+    values. Returns the label's summary, or None (findings added) when the case cannot be
+    analysed."""
     identifier = job.case.identifier
     for header in headers.values():
         if header.ndim != 3:
@@ -215,23 +214,19 @@ def _header_checks(job: CaseJob, headers: dict, label_image,
             findings.append(FindingData("geometry_mismatch", f"{header.path}: {problem}", identifier, header.path))
     declared = set(job.class_values) | {0}
     summary = summarize_label(label_image.array)  # one pass over the whole (3D) label
-    label_foreground = _declared_label_foreground(label_image.array, summary, declared)
-    if label_foreground is None:  # values outside 0..max declared: look at each distinct value
-        values, counts = value_counts(label_image.array)
+    if not _surely_declared(label_image.array, summary, declared):  # look at each distinct value
+        values, _ = value_counts(label_image.array)
         findings.extend(label_value_findings(values, declared, label_image.header.path, identifier))
-        label_foreground = int(counts[values > 0].sum())
-    return None if has_errors(findings) else (label_foreground, summary)
+    return None if has_errors(findings) else summary
 
 
-def _declared_label_foreground(label: np.ndarray, summary: LabelSummary, declared: set[int]) -> int | None:
-    """Foreground voxel count when every value of an integer label is surely declared (all of
-    min..max are declared classes): the label's summary instead of counting every distinct value."""
+def _surely_declared(label: np.ndarray, summary: LabelSummary, declared: set[int]) -> bool:
+    """Every value of an integer label is declared when all of min..max are declared classes:
+    the label's summary tells, without counting every distinct value."""
     if label.dtype.kind not in "iu" or label.size == 0:
-        return None
+        return False
     lo, hi = int(summary.min), int(summary.max)
-    if lo < 0 or not set(range(hi + 1)) <= declared:
-        return None
-    return summary.foreground_voxels
+    return lo >= 0 and set(range(hi + 1)) <= declared
 
 
 def _geometry(header) -> dict:
