@@ -363,9 +363,10 @@ def _inflate_head(data: bytes, nbytes: int = _HEAD_BYTES) -> bytes:
 
 _IN_PIECE = 1 << 20  # compressed bytes fed per call
 _MAX_DEFLATE_RATIO = 1032  # deflate's largest inflated / compressed size (258 bytes per 2 bits)
-# Inflated bytes taken per call: a piece small enough to be still in the core's L2 cache (4 MiB
-# here) when it is copied on. With 4 MiB pieces ingest took 2-5 % longer with two processes
-# (side by side on the benchmark tasks: CT 2.94 s against 2.80 s, MR 2.01 s against 1.96 s).
+# Inflated bytes taken per call: a piece small enough to be still in the core's cache when it is
+# copied on. With 4 MiB pieces ingest took 2-5 % longer with two processes (side by side on the
+# benchmark tasks, on a VM whose L2 cache was given as 4 MiB: CT 2.94 s against 2.80 s, MR 2.01 s against
+# 1.96 s). On a VM with 1 MiB of L2 per core, 256 KiB pieces and slabs were slower (benchmarks/README.md).
 _OUT_PIECE = 1 << 20
 
 
