@@ -232,19 +232,20 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
         for finding in layout.findings:
             _add_finding(session, task_id, run_id, finding)
 
-        listed = set()
-        for files in sorted(layout.cases, key=lambda c: c.identifier):
-            listed.add(files.identifier)
+        listed = sorted(layout.cases, key=lambda c: c.identifier)
+        for files in listed:
             case = cases.get(files.identifier)
             if case is None:
-                case = Case(task_id=task_id, identifier=files.identifier, status="pending")
+                case = cases[files.identifier] = Case(task_id=task_id, identifier=files.identifier, status="pending")
                 session.add(case)
             case.listed_position = files.position
             case.image_paths = list(files.images)
             case.label_path = files.label
             if case.status == "removed":
                 case.status = "pending" if case.analysis_version is None else "stale"
-            session.flush()
+        session.flush()  # the new cases get their ids, in one INSERT
+        for files in listed:
+            case = cases[files.identifier]
             errors = [f for f in listing_errors.get(files.identifier, []) if f.severity == ERROR]
             if errors:
                 _mark_failed(session, case, run_id)
@@ -263,8 +264,9 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
 
         # Largest cases first: with several workers the run does not end on one big straggler.
         plan.sort(key=lambda item: -sum(size for size, _ in item.stats.values()))
+        listed_identifiers = {files.identifier for files in listed}
         for identifier, case in cases.items():
-            if identifier not in listed and case.status != "removed":
+            if identifier not in listed_identifiers and case.status != "removed":
                 case.status = "removed"
                 summary.removed += 1
     return plan

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,7 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
                                  f"{list(range(len(modalities)))}", path=str(json_path))
 
     real_root = os.path.realpath(root)
+    real_folders: dict[str, str] = {}
     cases: list[CaseFiles] = []
     seen: dict[str, int] = {}
     claimed: set[str] = set()  # files some entry refers to (even a refused one): not stray
@@ -188,10 +190,10 @@ def read_layout(task_dir: str | os.PathLike) -> TaskLayout:
         label = "labelsTr/" + label_entry.split("/")[-1]
         claimed.update((*images, label, f"labelsTr/{_stem(label_entry)}{NII_GZ}"))
         for relative in (*images, label):
-            full = root / relative
-            if os.path.lexists(full) and not _inside(real_root, os.path.realpath(full)):
-                problems.append(FindingData("path_escapes_task", f"{full}: is a symlink to "
-                                            f"{os.path.realpath(full)}, outside the task folder", identifier, relative))
+            real = _real_path(root, relative, real_folders)
+            if real is not None and not _inside(real_root, real):
+                problems.append(FindingData("path_escapes_task", f"{root / relative}: is a symlink to "
+                                            f"{real}, outside the task folder", identifier, relative))
         findings.extend(problems)
         if any(p.check == "duplicate_identifier" for p in problems):
             continue  # the first entry stands for the case
@@ -213,6 +215,24 @@ def _stem(listed: str) -> str:
 
 def _inside(real_root: str, real_path: str) -> bool:
     return real_path == real_root or real_path.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def _real_path(root: Path, relative: str, real_folders: dict[str, str]) -> str | None:
+    """os.path.realpath(root / relative), or None when nothing is there. A file that is not a
+    symlink lies in its folder's real path, resolved once per folder (`real_folders`): realpath
+    checks every component of every path (9 lstat calls per file here, 10 ms of a 24-case
+    4-channel task's ingest start)."""
+    full = os.path.join(root, relative)
+    try:
+        st = os.lstat(full)
+    except OSError:  # as os.path.lexists: missing or unreadable, reported by the read
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return os.path.realpath(full)
+    folder, name = os.path.split(full)
+    if folder not in real_folders:
+        real_folders[folder] = os.path.realpath(folder)
+    return os.path.join(real_folders[folder], name)
 
 
 def _escapes(root: Path, listed: str) -> bool:
