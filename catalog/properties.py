@@ -174,26 +174,40 @@ def _modalities(session, task_id: int) -> dict[int, str]:
         select(TaskChannel).where(TaskChannel.task_id == task_id).order_by(TaskChannel.channel))}
 
 
+def _pooled_samples(session, task: str, cases: list[tuple[int, str]],
+                    modalities: dict[int, str]) -> dict[int, list[np.ndarray]]:
+    """Per channel, the stored samples of `cases` ((id, identifier)) in that order, in one query
+    of the sample columns only."""
+    rows = session.execute(select(CaseChannel.case_id, CaseChannel.channel, CaseChannel.samples)
+                           .where(CaseChannel.case_id.in_([i for i, _ in cases]),
+                                  CaseChannel.channel.in_(list(modalities)))).all()
+    stored = {(case_id, channel): samples for case_id, channel, samples in rows}
+    result = {}
+    for channel in modalities:
+        missing = [identifier for i, identifier in cases if (i, channel) not in stored]
+        if missing:
+            raise CatalogError(f"{task}: no intensity samples stored for channel {channel} of "
+                               f"{', '.join(missing[:5])}; run `catalog ingest --force` on the task")
+        result[channel] = [np.frombuffer(stored[i, channel], dtype="<f4") for i, _ in cases]
+    return result
+
+
 def _intensity(session, task: str, cases: list[tuple[int, str]],
                modalities: dict[int, str]) -> dict[int, ChannelIntensity]:
     """Global stats over the samples of `cases` ((id, identifier) in v1 order) pooled; local stats
     straight from the stored columns."""
-    result = {}
-    for channel in modalities:
-        rows = session.execute(select(CaseChannel).where(CaseChannel.case_id.in_([i for i, _ in cases]),
-                                                      CaseChannel.channel == channel)).scalars().all()
-        by_case = {r.case_id: r for r in rows}
-        missing = [identifier for i, identifier in cases if i not in by_case]
-        if missing:
-            raise CatalogError(f"{task}: no intensity samples stored for channel {channel} of "
-                               f"{', '.join(missing[:5])}; run `catalog ingest --force` on the task")
-        samples, local = [], {}
-        for case_id, identifier in cases:
-            r = by_case[case_id]
-            samples.append(np.frombuffer(r.samples, dtype="<f4"))
-            local[identifier] = stats_from_columns(r)
-        result[channel] = ChannelIntensity(pooled_stats(samples), local, sum(s.size for s in samples))
-    return result
+    pooled = _pooled_samples(session, task, cases, modalities)
+    identifiers = dict(cases)
+    local: dict[int, dict[str, IntensityStats]] = {channel: {} for channel in modalities}
+    columns = [getattr(CaseChannel, k) for k in STAT_KEYS]
+    for row in session.execute(select(CaseChannel.case_id, CaseChannel.channel, *columns)
+                               .where(CaseChannel.case_id.in_(list(identifiers)),
+                                      CaseChannel.channel.in_(list(modalities)))):
+        local[row.channel][identifiers[row.case_id]] = stats_from_columns(row)
+    return {channel: ChannelIntensity(pooled_stats(samples),
+                                      {identifier: local[channel][identifier] for _, identifier in cases},
+                                      sum(s.size for s in samples))
+            for channel, samples in pooled.items()}
 
 
 def class_statistics(engine: Engine, task_name: str) -> list[dict]:
@@ -241,10 +255,10 @@ def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
         cases = sorted(session.execute(select(Case.id, Case.identifier)
                                        .where(Case.task_id == task.id, Case.status.in_(ANALYSED_STATUSES))).all(),
                        key=lambda row: v1_sort_key(row[1]))
-        intensity = _intensity(session, task.name, cases, modalities)
-        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": data.pooled_samples,
-                 "computed_at": utcnow(), **stats_columns(data.global_stats)}
-                for channel, data in intensity.items()]
+        pooled = _pooled_samples(session, task.name, cases, modalities)
+        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": sum(s.size for s in samples),
+                 "computed_at": utcnow(), **stats_columns(pooled_stats(samples))}
+                for channel, samples in pooled.items()]
         session.execute(delete(ChannelStatistics).where(ChannelStatistics.task_id == task.id,
                                                         ChannelStatistics.channel.not_in(list(modalities))))
         dialect.upsert(session, ChannelStatistics, rows, ["task_id", "channel"])
