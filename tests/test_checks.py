@@ -710,3 +710,23 @@ def test_ingest_analysis_failed_is_stored(monkeypatch, make_raw_task, sqlite_url
         assert _rows(engine, "ct_000")["status"] == "failed"
     finally:
         engine.dispose()
+
+
+def test_symlinked_folders(make_raw_task):
+    """A case folder that is a symlink is followed like a file symlink: to outside the task, each
+    of its files escapes; to a folder inside the task, nothing is reported."""
+    from catalog.layout import read_layout
+
+    task = base_task(make_raw_task, "mr")
+    outside = task.parent.parent / "labels_elsewhere"
+    shutil.move(task / "labelsTr", outside)
+    os.symlink(outside, task / "labelsTr")
+    escapes = [f for f in read_layout(task).findings if f.check == "path_escapes_task"]
+    assert sorted(f.case for f in escapes) == ["mr_1", "mr_2"]
+    for f in escapes:
+        assert f"{task}/labelsTr/{f.case}.nii.gz: is a symlink to {outside}/{f.case}.nii.gz" in f.message
+
+    os.unlink(task / "labelsTr")
+    shutil.move(outside, task / "labels_real")
+    os.symlink(task / "labels_real", task / "labelsTr")
+    assert [f for f in read_layout(task).findings if f.check == "path_escapes_task"] == []
