@@ -174,40 +174,38 @@ def _modalities(session, task_id: int) -> dict[int, str]:
         select(TaskChannel).where(TaskChannel.task_id == task_id).order_by(TaskChannel.channel))}
 
 
-def _pooled_samples(session, task: str, cases: list[tuple[int, str]],
-                    modalities: dict[int, str]) -> dict[int, list[np.ndarray]]:
-    """Per channel, the stored samples of `cases` ((id, identifier)) in that order, in one query
-    of the sample columns only."""
-    rows = session.execute(select(CaseChannel.case_id, CaseChannel.channel, CaseChannel.samples)
+def _channel_rows(session, task: str, cases: list[tuple[int, str]], modalities: dict[int, str],
+                  *columns) -> dict[tuple[int, int], object]:
+    """`columns` of the CaseChannel rows of `cases` ((id, identifier)) and `modalities`, in one
+    query, by (case id, channel); every case must have a row for every channel."""
+    rows = session.execute(select(CaseChannel.case_id, CaseChannel.channel, *columns)
                            .where(CaseChannel.case_id.in_([i for i, _ in cases]),
                                   CaseChannel.channel.in_(list(modalities)))).all()
-    stored = {(case_id, channel): samples for case_id, channel, samples in rows}
-    result = {}
+    by_key = {(row.case_id, row.channel): row for row in rows}
     for channel in modalities:
-        missing = [identifier for i, identifier in cases if (i, channel) not in stored]
+        missing = [identifier for i, identifier in cases if (i, channel) not in by_key]
         if missing:
             raise CatalogError(f"{task}: no intensity samples stored for channel {channel} of "
                                f"{', '.join(missing[:5])}; run `catalog ingest --force` on the task")
-        result[channel] = [np.frombuffer(stored[i, channel], dtype="<f4") for i, _ in cases]
-    return result
+    return by_key
+
+
+def _samples(row) -> np.ndarray:
+    return np.frombuffer(row.samples, dtype="<f4")
 
 
 def _intensity(session, task: str, cases: list[tuple[int, str]],
                modalities: dict[int, str]) -> dict[int, ChannelIntensity]:
     """Global stats over the samples of `cases` ((id, identifier) in v1 order) pooled; local stats
     straight from the stored columns."""
-    pooled = _pooled_samples(session, task, cases, modalities)
-    identifiers = dict(cases)
-    local: dict[int, dict[str, IntensityStats]] = {channel: {} for channel in modalities}
-    columns = [getattr(CaseChannel, k) for k in STAT_KEYS]
-    for row in session.execute(select(CaseChannel.case_id, CaseChannel.channel, *columns)
-                               .where(CaseChannel.case_id.in_(list(identifiers)),
-                                      CaseChannel.channel.in_(list(modalities)))):
-        local[row.channel][identifiers[row.case_id]] = stats_from_columns(row)
-    return {channel: ChannelIntensity(pooled_stats(samples),
-                                      {identifier: local[channel][identifier] for _, identifier in cases},
-                                      sum(s.size for s in samples))
-            for channel, samples in pooled.items()}
+    rows = _channel_rows(session, task, cases, modalities, CaseChannel.samples,
+                         *(getattr(CaseChannel, k) for k in STAT_KEYS))
+    result = {}
+    for channel in modalities:
+        samples = [_samples(rows[i, channel]) for i, _ in cases]
+        local = {identifier: stats_from_columns(rows[i, channel]) for i, identifier in cases}
+        result[channel] = ChannelIntensity(pooled_stats(samples), local, sum(s.size for s in samples))
+    return result
 
 
 def class_statistics(engine: Engine, task_name: str) -> list[dict]:
@@ -255,7 +253,9 @@ def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
         cases = sorted(session.execute(select(Case.id, Case.identifier)
                                        .where(Case.task_id == task.id, Case.status.in_(ANALYSED_STATUSES))).all(),
                        key=lambda row: v1_sort_key(row[1]))
-        pooled = _pooled_samples(session, task.name, cases, modalities)
+        # the sample columns only: the per-case statistics are not needed here
+        stored = _channel_rows(session, task.name, cases, modalities, CaseChannel.samples)
+        pooled = {channel: [_samples(stored[i, channel]) for i, _ in cases] for channel in modalities}
         rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": sum(s.size for s in samples),
                  "computed_at": utcnow(), **stats_columns(pooled_stats(samples))}
                 for channel, samples in pooled.items()]
