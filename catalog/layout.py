@@ -220,8 +220,8 @@ def _inside(real_root: str, real_path: str) -> bool:
 def _real_path(root: Path, relative: str, real_folders: dict[str, str]) -> str | None:
     """os.path.realpath(root / relative), or None when nothing is there. A file that is not a
     symlink lies in its folder's real path, resolved once per folder (`real_folders`): realpath
-    checks every component of every path (9 lstat calls per file here, 10 ms of a 24-case
-    4-channel task's ingest start)."""
+    checks every component of every path (9 lstat calls per file here; read_layout of a 24-case
+    4-channel task took 12-16 ms with it, 5 ms without)."""
     full = os.path.join(root, relative)
     try:
         st = os.lstat(full)
