@@ -42,9 +42,9 @@ cases of 4x240x240x155); 24 cases by default. With 1 and 2 workers, the 2-vs-1 i
 also measured on its first --mr-small-cases (default 8) cases and printed as information: on a
 task that small, per-run and per-worker start-up costs weigh about three times as much.
 
-  python benchmarks/bench_ingest.py                    # 12 CT + 24 MR cases, 1 and 2 workers (~9 min)
+  python benchmarks/bench_ingest.py                    # 12 CT + 24 MR cases, 1 and 2 workers (~15 min; --v1 none ~8)
   python benchmarks/bench_ingest.py --quick            # tiny tasks, about a minute
-  python benchmarks/bench_ingest.py --v1 all           # nnU-Net v1 at N=1 too (~25 min)
+  python benchmarks/bench_ingest.py --v1 all           # nnU-Net v1 at N=1 too (~30 min)
   python benchmarks/bench_ingest.py --ct-cases 6 --mr-cases 4 --work /data/bench
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def parse_args(argv=None):
     ap.add_argument("--workers", default="1,2", help="process counts, comma separated (default 1,2)")
     ap.add_argument("--v1", choices=("all", "max", "none"), default="max",
                     help="run nnU-Net v1 only at the largest process count (max, default: keeps a full run "
-                         "near 9 min), at every process count (all: +11 min for 12 CT cases), or not at all")
+                         "near 15 min, 8 without v1), at every process count (all: +11 min for 12 CT cases), or not at all")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of floor + ingest + export (alternating order), "
                                                        "keep the fastest of each (default 3); v1 runs once")
     ap.add_argument("--pairs", type=int, default=3, help="1- and 2-worker ingests back to back per round; the "
