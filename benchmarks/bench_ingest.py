@@ -84,7 +84,8 @@ def parse_args(argv=None):
     ap.add_argument("--workers", default="1,2", help="process counts, comma separated (default 1,2)")
     ap.add_argument("--v1", choices=("all", "max", "none"), default="max",
                     help="run nnU-Net v1 only at the largest process count (max, default: keeps a full run "
-                         "near 15 min, 8 without v1), at every process count (all: +11 min for 12 CT cases), or not at all")
+                         "near 15 min, 8 without v1), at every process count (all: +11 min for 12 CT cases), "
+                         "or not at all")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of floor + ingest + export (alternating order), "
                                                        "keep the fastest of each (default 3); v1 runs once")
     ap.add_argument("--pairs", type=int, default=3, help="1- and 2-worker ingests back to back per round; the "
@@ -141,7 +142,8 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                 for n in (workers if (r + pair) % 2 == 0 else workers[::-1]):
                     m = measured[n]
                     db_path = run_dir / f"{kind}-ingest-w{n}.db"
-                    log(f"{kind}: N={n} {STEP_NAMES[step]} (round {r + 1}" + (f", pair {pair + 1})" if step == "ingest" else ")"))
+                    where = f"round {r + 1}, pair {pair + 1}" if step == "ingest" else f"round {r + 1}"
+                    log(f"{kind}: N={n} {STEP_NAMES[step]} ({where})")
                     if step == "floor":
                         value = run_stage("floor", files=files, workers=n)
                     elif step == "analysis":
