@@ -190,8 +190,12 @@ def _channel_rows(session, task: str, cases: list[tuple[int, str]], modalities: 
     return by_key
 
 
-def _samples(row) -> np.ndarray:
-    return np.frombuffer(row.samples, dtype="<f4")
+def _pooled(rows: dict[tuple[int, int], object], cases: list[tuple[int, str]],
+            channel: int) -> tuple[IntensityStats, int]:
+    """The global statistics of `channel` over the stored samples of `cases` pooled, and how
+    many samples that is."""
+    samples = [np.frombuffer(rows[i, channel].samples, dtype="<f4") for i, _ in cases]
+    return pooled_stats(samples), sum(s.size for s in samples)
 
 
 def _intensity(session, task: str, cases: list[tuple[int, str]],
@@ -202,9 +206,9 @@ def _intensity(session, task: str, cases: list[tuple[int, str]],
                          *(getattr(CaseChannel, k) for k in STAT_KEYS))
     result = {}
     for channel in modalities:
-        samples = [_samples(rows[i, channel]) for i, _ in cases]
+        pooled, count = _pooled(rows, cases, channel)
         local = {identifier: stats_from_columns(rows[i, channel]) for i, identifier in cases}
-        result[channel] = ChannelIntensity(pooled_stats(samples), local, sum(s.size for s in samples))
+        result[channel] = ChannelIntensity(pooled, local, count)
     return result
 
 
@@ -255,10 +259,10 @@ def refresh_channel_statistics(engine: Engine, task_name: str) -> None:
                        key=lambda row: v1_sort_key(row[1]))
         # the sample columns only: the per-case statistics are not needed here
         stored = _channel_rows(session, task.name, cases, modalities, CaseChannel.samples)
-        pooled = {channel: [_samples(stored[i, channel]) for i, _ in cases] for channel in modalities}
-        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": sum(s.size for s in samples),
-                 "computed_at": utcnow(), **stats_columns(pooled_stats(samples))}
-                for channel, samples in pooled.items()]
+        pooled = {channel: _pooled(stored, cases, channel) for channel in modalities}
+        rows = [{"task_id": task.id, "channel": channel, "cases": len(cases), "samples": count,
+                 "computed_at": utcnow(), **stats_columns(stats)}
+                for channel, (stats, count) in pooled.items()]
         session.execute(delete(ChannelStatistics).where(ChannelStatistics.task_id == task.id,
                                                         ChannelStatistics.channel.not_in(list(modalities))))
         dialect.upsert(session, ChannelStatistics, rows, ["task_id", "channel"])

@@ -30,6 +30,7 @@ from typer.testing import CliRunner
 
 from catalog.checkrun import check_task
 from catalog.checks import CHECKS, ERROR, HINT, WARNING
+from catalog.layout import read_layout
 
 SCALE = 0.5  # generated tasks at half size: a few ms per case
 
@@ -715,8 +716,6 @@ def test_ingest_analysis_failed_is_stored(monkeypatch, make_raw_task, sqlite_url
 def test_symlinked_folders(make_raw_task):
     """A case folder that is a symlink is followed like a file symlink: to outside the task, each
     of its files escapes; to a folder inside the task, nothing is reported."""
-    from catalog.layout import read_layout
-
     task = base_task(make_raw_task, "mr")
     outside = task.parent.parent / "labels_elsewhere"
     shutil.move(task / "labelsTr", outside)
