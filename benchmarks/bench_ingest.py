@@ -24,8 +24,8 @@ to 2x within minutes, so single runs are not comparable.
 
 The ingest step of each round runs --pairs (default 3) pairs of a 1- and a 2-worker ingest back to
 back. The speed-up target is taken over all of them (fastest 1-worker ingest over fastest
-2-worker ingest): it is the one figure near its target, and this VM's speed varies by 10-15 %
-between identical runs seconds apart. (b) and ingest / floor use each round's first pair only, as
+2-worker ingest): it is the one figure near its target, and identical runs a few seconds apart
+differ by 15 % and more on this VM (one-worker CT ingests of one run: 4.66-6.36 s). (b) and ingest / floor use each round's first pair only, as
 the floor and the export have one measurement per round.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
