@@ -366,7 +366,7 @@ _MAX_DEFLATE_RATIO = 1032  # deflate's largest inflated / compressed size (258 b
 # Inflated bytes taken per call: a piece small enough to be still in the core's cache when it is
 # copied on. With 4 MiB pieces ingest took 2-5 % longer with two processes (side by side on the
 # benchmark tasks, on a VM whose L2 cache was given as 4 MiB: CT 2.94 s against 2.80 s, MR 2.01 s against
-# 1.96 s). On a VM with 1 MiB of L2 per core, 256 KiB pieces and slabs were slower (benchmarks/README.md).
+# 1.96 s). On a VM with 1 MiB of L2 per core, 256 KiB pieces and slabs were slower (benchmarks/NOTES.md).
 _OUT_PIECE = 1 << 20
 
 

@@ -2,7 +2,7 @@
 
 A case's large arrays (the label, the hole-filled box mask, slab temporaries, inflated bytes)
 are allocated and freed once per case. Two things made them costly here, both measured on the
-benchmark tasks (benchmarks/bench_ingest.py and benchmarks/README.md):
+benchmark tasks (benchmarks/bench_ingest.py and benchmarks/NOTES.md):
 
 * glibc serves a block over its mmap threshold (which grows to 32 MiB at most) with freshly
   mapped pages and unmaps it when freed, so every case faulted and zeroed its arrays anew:
