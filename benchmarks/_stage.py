@@ -20,6 +20,8 @@ Stages:
   first_case {"task_dir": DIR, "case": ID, "repeats": N}  one case analysed N times (catalog.casework)
   analysis {"task_dir": DIR, "workers": N}      every case analysed as an ingest does, in a pool of
                                                 N catalog workers, without the database
+  machine  {"rounds": N, "steps": N}            a pure-Python loop in 1 process, then in 2 at once,
+                                                N rounds: this machine's own 2-over-1 right now
 """
 from __future__ import annotations
 
@@ -196,6 +198,41 @@ def stage_first_case(p: dict) -> dict:
     return {"seconds": times}
 
 
+def _loops_at_once(steps: int, cpus: list[int]) -> float:
+    """Seconds until a pure-Python loop of `steps` steps has finished in a forked process per CPU
+    of `cpus`, each pinned to its CPU, all started together."""
+    pids = []
+    t0 = time.perf_counter()
+    for cpu in cpus:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.sched_setaffinity(0, {cpu})
+                x = 0
+                for i in range(steps):
+                    x += i * i
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return time.perf_counter() - t0
+
+
+def stage_machine(p: dict) -> dict:
+    """What this machine gives two processes right now, with no memory traffic and no catalog code:
+    `rounds` times, a pure-Python loop of `steps` steps in one process alone, then in two at once,
+    pinned to the first two CPUs. Each round's ratio is twice the one process's seconds over the
+    two's: 2.0 when two busy vCPUs run as fast as one, about 1.1 as if the host ran them as one
+    core's two hardware threads (measured on these VMs, and changing within seconds)."""
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    ratios = []
+    for r in range(p["rounds"]):
+        alone = _loops_at_once(p["steps"], [cpus[r % len(cpus)]])
+        ratios.append(2 * alone / _loops_at_once(p["steps"], cpus))
+    return {"ratios": ratios}
+
+
 def stage_analysis(p: dict) -> dict:
     """Every case checked and analysed (catalog.casework.run_case, as in an ingest) in a fork pool
     of N catalog worker processes (catalog.pool.process_pool; N=1: in this process), largest case
@@ -234,7 +271,7 @@ def main() -> int:
     stage, params = sys.argv[1], json.loads(sys.argv[2])
     result = {"floor": stage_floor, "ingest": stage_ingest, "export": stage_export,
               "properties": stage_properties, "touch": stage_touch, "first_case": stage_first_case,
-              "analysis": stage_analysis}[stage](params)
+              "analysis": stage_analysis, "machine": stage_machine}[stage](params)
     print("STAGE-RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -26,7 +26,9 @@ The ingest step of each round runs --pairs (default 3) pairs of a 1- and a 2-wor
 back. The speed-up target is taken over all of them (fastest 1-worker ingest over fastest
 2-worker ingest): it is the one figure near its target, and identical runs a few seconds apart
 differ by 15 % and more on this VM (one-worker CT ingests of one run: 4.66-6.36 s). (b) and ingest / floor use each round's first pair only, as
-the floor and the export have one measurement per round.
+the floor and the export have one measurement per round. Just before each pair, a second of a
+pure-Python loop in one process and in two at once gives the machine's own 2-over-1 at that
+moment (information): on these VMs it swings between about 1.1x and 2x within seconds.
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
 bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
@@ -67,6 +69,9 @@ FLOOR_TARGET = {"ct": 2.0, "mr": 1.3}
 V1_TARGET = 5.0
 MEMORY_FACTOR = 3.0
 SCALING_TARGET = 1.8
+# The machine probe before each ingest pair (_stage.py machine): rounds of a pure-Python loop of
+# this many steps (about 0.1 s), alone and two at once; about a second in all.
+MACHINE_PROBE_ROUNDS, MACHINE_PROBE_STEPS = 5, 2_000_000
 STEP_NAMES = {"floor": "decode floor", "ingest": "catalog ingest", "export": "catalog export nnunet-v1",
               "analysis": "analysis alone (no database)"}
 
@@ -139,6 +144,10 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         for step in steps:
             # the ingest step: --pairs pairs of the process counts, the order alternating by pair
             for pair in range(max(1, args.pairs) if step == "ingest" else 1):
+                if step == "ingest" and len(workers) > 1:
+                    # this machine's own 2-over-1 just before the pair (info): it changes within seconds
+                    probe = run_stage("machine", rounds=MACHINE_PROBE_ROUNDS, steps=MACHINE_PROBE_STEPS)
+                    rec.setdefault("machine_before_pairs", []).append(statistics.median(probe["ratios"]))
                 for n in (workers if (r + pair) % 2 == 0 else workers[::-1]):
                     m = measured[n]
                     db_path = run_dir / f"{kind}-ingest-w{n}.db"
@@ -236,6 +245,10 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         pair_ratios = [a / b for a, b in zip(ones, twos)]
         table.info("    the same, pair by pair (info)", ", ".join(f"{x:.2f}x" for x in pair_ratios)
                    + f"; median {statistics.median(pair_ratios):.2f}x")
+        machine = rec.get("machine_before_pairs", [])
+        if machine:
+            table.info("    the machine's own, just before each pair (info)", ", ".join(f"{x:.2f}x" for x in machine)
+                       + f"; median {statistics.median(machine):.2f}x")
         rounds_only = one["ingest"]["seconds"] / two["ingest"]["seconds"]
         table.info("    from the rounds' first pairs only (info)",
                    f"{rounds_only:.2f}x (rounds {', '.join(f'{x:.2f}x' for x in round_ratios(one, two, 'ingest'))})")
