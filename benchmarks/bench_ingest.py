@@ -25,8 +25,9 @@ to 2x within minutes, so single runs are not comparable.
 The ingest step of each round runs --pairs (default 3) pairs of a 1- and a 2-worker ingest back to
 back. The speed-up target is taken over all of them (fastest 1-worker ingest over fastest
 2-worker ingest): it is the one figure near its target, and identical runs a few seconds apart
-differ by 15 % and more on this VM (one-worker CT ingests of one run: 4.66-6.36 s). (b) and ingest / floor use each round's first pair only, as
-the floor and the export have one measurement per round. Just before each pair, a second of a
+differ by 15 % and more on this VM (one-worker CT ingests of one run: 4.66-6.36 s). (b) and
+ingest / floor use each round's first pair only, as the floor and the export have one
+measurement per round. Just before each pair, a second of a
 pure-Python loop in one process and in two at once gives the machine's own 2-over-1 at that
 moment (information): on these VMs it swings between about 1.1x and 2x within seconds.
 
@@ -137,6 +138,7 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
     # the same minute: the machine drifts by a fifth or more within minutes. The order of the steps and of
     # the process counts alternates from round to round; the fastest of each is kept.
     measured: dict[int, dict] = {n: {} for n in workers}
+    compares_two = 1 in workers and 2 in workers  # the speed-up rows below
     for r in range(args.repeat):
         # (export reads the database of the latest ingest at its process count, so round 1
         # ingests first)
@@ -144,31 +146,18 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         for step in steps:
             # the ingest step: --pairs pairs of the process counts, the order alternating by pair
             for pair in range(max(1, args.pairs) if step == "ingest" else 1):
-                if step == "ingest" and len(workers) > 1:
+                if step == "ingest" and compares_two:
                     # this machine's own 2-over-1 just before the pair (info): it changes within seconds
                     probe = run_stage("machine", rounds=MACHINE_PROBE_ROUNDS, steps=MACHINE_PROBE_STEPS)
                     rec.setdefault("machine_before_pairs", []).append(statistics.median(probe["ratios"]))
                 for n in (workers if (r + pair) % 2 == 0 else workers[::-1]):
                     m = measured[n]
-                    db_path = run_dir / f"{kind}-ingest-w{n}.db"
                     where = f"round {r + 1}, pair {pair + 1}" if step == "ingest" else f"round {r + 1}"
                     log(f"{kind}: N={n} {STEP_NAMES[step]} ({where})")
-                    if step == "floor":
-                        value = run_stage("floor", files=files, workers=n)
-                    elif step == "analysis":
-                        value = run_stage("analysis", task_dir=str(task), workers=n)
-                    elif step == "export":
-                        value = run_stage("export", db=f"sqlite:///{db_path}", task=task.name,
-                                          out=str(run_dir / f"{kind}-export-w{n}"), workers=n, remove_after=True)
-                    else:
-                        for suffix in ("", "-wal", "-shm"):
-                            Path(str(db_path) + suffix).unlink(missing_ok=True)
-                        profile = (run_dir / f"{kind}-ingest-w1.prof"
-                                   if args.profile and n == 1 and r == 0 and pair == 0 else None)
-                        value = run_stage("ingest", db=f"sqlite:///{db_path}", task_dir=str(task), workers=n,
-                                          profile=str(profile) if profile else None)
-                        if value["errors"] or value["failed"]:
-                            raise SystemExit(f"ingest reported errors: {value['findings']}")
+                    profile = (run_dir / f"{kind}-ingest-w1.prof"
+                               if step == "ingest" and args.profile and n == 1 and r == 0 and pair == 0 else None)
+                    value = measure_step(kind, step, n, task, files, run_dir, profile)
+                    if step == "ingest":
                         if profile:
                             m["profile"] = str(profile)
                         m.setdefault("ingest_pairs", []).append(value["seconds"])
@@ -234,7 +223,7 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
             table.info("    v1 peak RSS per worker (info)", mib(m["v1"]["children_maxrss"]))
         m.update(ingest_floor_ratio=ratio, worker_peak=worker_peak, export_peak=export_peak)
 
-    if 1 in workers and 2 in workers:
+    if compares_two:
         one, two = rec["by_workers"][1], rec["by_workers"][2]
         table.section(f"{kind.upper()}, 2 processes vs 1")
         ones, twos = one["ingest_pairs"], two["ingest_pairs"]
@@ -276,6 +265,27 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                    f"{first[0] - min(first[1:]):.2f} s more (each worker pays it once)")
         rec["fresh_memory_ms_per_mib"] = (first_ms, again_ms)
         rec["largest_case_repeats"] = first
+
+
+def measure_step(kind: str, step: str, n: int, task: Path, files: list[str], run_dir: Path,
+                 profile: Path | None) -> dict:
+    """One measurement of `step` with `n` processes, in a fresh process (_stage.py). The ingest
+    writes a new database that the export step then reads."""
+    db_path = run_dir / f"{kind}-ingest-w{n}.db"
+    if step == "floor":
+        return run_stage("floor", files=files, workers=n)
+    if step == "analysis":
+        return run_stage("analysis", task_dir=str(task), workers=n)
+    if step == "export":
+        return run_stage("export", db=f"sqlite:///{db_path}", task=task.name,
+                         out=str(run_dir / f"{kind}-export-w{n}"), workers=n, remove_after=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    value = run_stage("ingest", db=f"sqlite:///{db_path}", task_dir=str(task), workers=n,
+                      profile=str(profile) if profile else None)
+    if value["errors"] or value["failed"]:
+        raise SystemExit(f"ingest reported errors: {value['findings']}")
+    return value
 
 
 def round_ratios(one: dict, two: dict, step: str) -> list[float]:
