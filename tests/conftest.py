@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -117,3 +118,17 @@ def ct_task(make_raw_task) -> Path:
 @pytest.fixture
 def mr_task(make_raw_task) -> Path:
     return make_raw_task("mr", 502)
+
+
+# Runs the CLI with every case analysed in that process (--workers 1) taking 0.15 s longer, for
+# tests that stop an ingest part way: the small generated cases ingest at 30-40 a second, and a
+# poll of the test that came late missed a whole 14-case run.
+_SLOW_CASES_CLI = ("import time, catalog.ingest as ingest; from catalog.cli import main; "
+                   "real = ingest.run_case; ingest.run_case = lambda job: (time.sleep(0.15), real(job))[1]; main()")
+
+
+@pytest.fixture
+def slow_catalog_argv():
+    """argv of `catalog ARGS...` in a new Python process whose in-process cases each take 0.15 s
+    longer (a test can then stop it part way)."""
+    return lambda *args: [sys.executable, "-c", _SLOW_CASES_CLI, *map(str, args)]

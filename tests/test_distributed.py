@@ -21,9 +21,11 @@ from catalog.ingest import ingest_task
 from catalog.models import Case, CaseChannel, CaseClaim, CaseClass, CaseFile, CaseRegion, IngestRun
 
 
-def start_ingest(task: Path, db_url: str, workers: int = 1) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "catalog", "ingest", str(task), "--workers", str(workers),
-                             "--db", db_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_ingest(task: Path, db_url: str, workers: int = 1, argv=None) -> subprocess.Popen:
+    """`catalog ingest` in a new process (`argv`: how to start the CLI, default `python -m catalog`)."""
+    argv = argv or (lambda *args: [sys.executable, "-m", "catalog", *map(str, args)])
+    return subprocess.Popen(argv("ingest", task, "--workers", workers, "--db", db_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def snapshot(engine) -> dict:
@@ -43,10 +45,11 @@ def snapshot(engine) -> dict:
         return result
 
 
-def test_three_workers_one_killed_then_finishing_run(pg_url, make_raw_task, tmp_path):
+def test_three_workers_one_killed_then_finishing_run(pg_url, make_raw_task, tmp_path, slow_catalog_argv):
     task = make_raw_task("ct", 521, n_cases=30, shape_scale=2.5)
     engine = make_engine(pg_url)  # schema first, so the workers don't race to create it
-    workers = [start_ingest(task, pg_url) for _ in range(3)]
+    # the victim's cases are slowed, so that it is still mid-case when the test gets to kill it
+    workers = [start_ingest(task, pg_url, argv=slow_catalog_argv)] + [start_ingest(task, pg_url) for _ in range(2)]
     victim = workers[0]
     deadline = time.monotonic() + 180
     killed_mid_case = False

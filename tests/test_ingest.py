@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -196,11 +195,11 @@ def test_labels_changed_in_dataset_json_reanalyses_everything(engine, ct_task):
     assert counts(engine)["case_classes"] == 4 * n
 
 
-def test_sigkill_then_resume(db_url, make_raw_task, tmp_path):
+def test_sigkill_then_resume(db_url, make_raw_task, tmp_path, slow_catalog_argv):
     """A killed ingest leaves only whole cases; the next run finishes the rest."""
     task = make_raw_task("ct", 503, n_cases=14)
     env = {**os.environ, "CATALOG_DB": db_url}
-    proc = subprocess.Popen([sys.executable, "-m", "catalog", "ingest", str(task), "--workers", "1"],
+    proc = subprocess.Popen(slow_catalog_argv("ingest", task, "--workers", 1),
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     from catalog.db import make_engine
 
@@ -230,10 +229,10 @@ def test_sigkill_then_resume(db_url, make_raw_task, tmp_path):
     engine.dispose()
 
 
-def test_ctrl_c_stops_cleanly_and_resumes(sqlite_url, make_raw_task):
+def test_ctrl_c_stops_cleanly_and_resumes(sqlite_url, make_raw_task, slow_catalog_argv):
     task = make_raw_task("ct", 504, n_cases=14)
-    proc = subprocess.Popen([sys.executable, "-m", "catalog", "ingest", str(task), "--workers", "1",
-                             "--db", sqlite_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(slow_catalog_argv("ingest", task, "--workers", 1, "--db", sqlite_url),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     from catalog.db import make_engine
 
     engine = make_engine(sqlite_url)
