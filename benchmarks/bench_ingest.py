@@ -27,9 +27,10 @@ back. The speed-up target is taken over all of them (fastest 1-worker ingest ove
 2-worker ingest): it is the one figure near its target, and identical runs a few seconds apart
 differ by 15 % and more on this VM (one-worker CT ingests of one run: 4.66-6.36 s). (b) and
 ingest / floor use each round's first pair only, as the floor and the export have one
-measurement per round. Just before each pair, a second of a
-pure-Python loop in one process and in two at once gives the machine's own 2-over-1 at that
-moment (information): on these VMs it swings between about 1.1x and 2x within seconds.
+measurement per round. Just before each pair, a second of a pure-Python loop in one process
+and in two at once gives the machine's own 2-over-1 at that moment (information): it swung
+between about 1.1x and 2x within seconds on one VM, and held at 1.8-1.95x on another whose pairs
+it did not predict (benchmarks/NOTES.md).
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
 bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
