@@ -69,6 +69,12 @@ def _maxrss() -> tuple[int, int | None]:
     return _peak_rss_self(), (children or None)
 
 
+def _cpu_seconds() -> tuple[float, float]:
+    """(user + system seconds of this process, the same of its reaped child processes)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
 def _read_one(path: str) -> tuple[float, int]:
     import SimpleITK as sitk
 
@@ -109,9 +115,11 @@ def stage_ingest(p: dict) -> dict:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    cpu0 = _cpu_seconds()
     t0 = time.perf_counter()
     summary = ingest_task(engine, p["task_dir"], workers=p["workers"], force=p.get("force", False))
     seconds = time.perf_counter() - t0
+    self_cpu, workers_cpu = (b - a for a, b in zip(cpu0, _cpu_seconds()))  # the workers are reaped by now
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(p["profile"])
@@ -125,7 +133,7 @@ def stage_ingest(p: dict) -> dict:
             "elsewhere": summary.elsewhere, "errors": summary.errors,
             "findings": [f"{f.check}: {f.message}" for f in summary.findings if f.severity == "error"][:5],
             "baseline_rss": baseline, "self_maxrss": self_rss, "children_maxrss": children,
-            "pid": os.getpid()}
+            "self_cpu_seconds": self_cpu, "workers_cpu_seconds": workers_cpu, "pid": os.getpid()}
 
 
 def stage_export(p: dict) -> dict:

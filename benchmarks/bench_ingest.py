@@ -30,7 +30,12 @@ ingest / floor use each round's first pair only, as the floor and the export hav
 measurement per round. Just before each pair, a second of a pure-Python loop in one process
 and in two at once gives the machine's own 2-over-1 at that moment (information): it swung
 between about 1.1x and 2x within seconds on one VM, and held at 1.8-1.95x on another whose pairs
-it did not predict (benchmarks/NOTES.md).
+it did not predict (benchmarks/NOTES.md). Two more rows split each pair's shortfall from 2x by
+CPU seconds (getrusage: the ingest's process and its workers): 2 x the 2-worker wall = the
+1-worker ingest's CPU + the extra CPU two workers spend (sharing the memory system, this
+process's CPU beside them, handing cases over, each worker's first touch of its memory) + the
+time the CPUs stand idle (the run's start before the workers have cases, its end after they
+are done, the last case running alone).
 
 Prints ingest / floor, (d) / (b + c), peak RSS per worker against 3x the largest case's raw voxel
 bytes, and the speed-up of 2 workers over 1, each with PASS/FAIL against issue 7's targets:
@@ -162,6 +167,8 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                         if profile:
                             m["profile"] = str(profile)
                         m.setdefault("ingest_pairs", []).append(value["seconds"])
+                        m.setdefault("ingest_pair_cpu", []).append(value["self_cpu_seconds"]
+                                                                   + value["workers_cpu_seconds"])
                         if pair > 0:
                             continue  # the rounds' figures take each round's first pair
                     m.setdefault("rounds", []).append((step, value["seconds"]))
@@ -235,6 +242,13 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         pair_ratios = [a / b for a, b in zip(ones, twos)]
         table.info("    the same, pair by pair (info)", ", ".join(f"{x:.2f}x" for x in pair_ratios)
                    + f"; median {statistics.median(pair_ratios):.2f}x")
+        extra, idle = cpu_budget(one["ingest_pair_cpu"], twos, two["ingest_pair_cpu"])
+        table.info("    extra CPU with 2 workers (info)",
+                   f"{statistics.median(extra):+.0%} of the 1-worker ingest's CPU (median of the pairs; "
+                   f"{min(extra):+.0%} to {max(extra):+.0%})")
+        table.info("    CPUs idle in the 2-worker ingest (info)",
+                   f"{statistics.median(idle):.2f} s of 2 x its wall (median of the pairs; "
+                   f"{min(idle):.2f}-{max(idle):.2f} s)")
         machine = rec.get("machine_before_pairs", [])
         if machine:
             table.info("    the machine's own, just before each pair (info)", ", ".join(f"{x:.2f}x" for x in machine)
@@ -252,7 +266,8 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
             a = one["v1"]["seconds"]["crop"] + one["v1"]["seconds"]["analyze_dataset"]
             b = two["v1"]["seconds"]["crop"] + two["v1"]["seconds"]["analyze_dataset"]
             table.info("    nnU-Net v1 speed-up (info)", f"{a / b:.2f}x")
-        rec.update(speedup=speedup, speedup_pair_ratios=pair_ratios, speedup_rounds_only=rounds_only)
+        rec.update(speedup=speedup, speedup_pair_ratios=pair_ratios, speedup_rounds_only=rounds_only,
+                   extra_cpu_pairs=extra, idle_cpu_seconds_pairs=idle)
         # Why the speed-up falls short here: memory a process touches for the first time is slow on
         # this VM, and every worker pays that for its first (largest) case.
         touch = run_stage("touch", mib=256)
@@ -287,6 +302,16 @@ def measure_step(kind: str, step: str, n: int, task: Path, files: list[str], run
     if value["errors"] or value["failed"]:
         raise SystemExit(f"ingest reported errors: {value['findings']}")
     return value
+
+
+def cpu_budget(cpus_1: list[float], walls_2: list[float], cpus_2: list[float]) -> tuple[list[float], list[float]]:
+    """Why a pair's 2-worker ingest is not twice as fast, pair by pair, from CPU seconds (user +
+    system, this process and its workers): 2 x wall(2) = CPU(1) + extra CPU + CPUs idle, where
+    the 1-worker ingest keeps its one CPU busy (CPU(1) ~ wall(1)). Returns (the 2-worker ingest's
+    CPU over the 1-worker ingest's, minus 1; seconds the two CPUs stood idle during it)."""
+    extra = [b / a - 1 for a, b in zip(cpus_1, cpus_2)]
+    idle = [2 * w - c for w, c in zip(walls_2, cpus_2)]
+    return extra, idle
 
 
 def round_ratios(one: dict, two: dict, step: str) -> list[float]:
