@@ -92,13 +92,26 @@ EMPTY_STATS = IntensityStats(*(math.nan,) * 7)
 def _order_statistics(values: np.ndarray) -> np.ndarray:
     """A copy of `values` with every rank `median_v1`, `percentile_v1` (0.5 and 99.5), min and max
     read holding the value np.sort would put there (NaN last, as np.sort does): a partition at
-    those ranks, several times faster than sorting pooled samples."""
+    those ranks, faster than sorting pooled samples.
+
+    One rank per partition call, each on the part of the array between ranks already placed:
+    numpy 2 selects a single rank with SIMD code but several ranks in one call without it
+    (1.42 M CT samples: 8 ms this way against 25 ms for one call with all eight ranks)."""
     n = values.shape[0]
     ranks = {0, n - 1, (n - 1) // 2, n // 2}
     for q in (0.5, 99.5):
         below = math.floor(np.float64(n - 1) * (np.float64(q) / 100))
         ranks |= {below, min(below + 1, n - 1)}
-    return np.partition(values, sorted(ranks))
+    ordered = values.copy()
+    pending = [(0, n, sorted(ranks))]
+    while pending:
+        lo, hi, inside = pending.pop()
+        if not inside:
+            continue
+        k = inside[len(inside) // 2]
+        ordered[lo:hi].partition(k - lo)  # in place: ordered[k] final, smaller left, larger right
+        pending += [(lo, k, [r for r in inside if r < k]), (k + 1, hi, [r for r in inside if r > k])]
+    return ordered
 
 
 def compute_stats(samples: np.ndarray) -> IntensityStats:
