@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, bindparam, delete, insert, select, update
 
 from . import __version__, dialect
 from .analysis.case import ANALYSIS_VERSION
@@ -37,6 +37,14 @@ from .pool import objects_frozen, process_pool
 from .properties import refresh_channel_statistics, stats_columns
 
 DEFAULT_LEASE_SECONDS = 120.0
+
+# A run's start (task rows, plan, first claims) is written with Core statements on the tables:
+# the ORM's first use in a process configures every mapper (10-40 ms on the benchmark VMs) and
+# compiles heavier statements, and the workers would wait for it. With Core here, the ORM is
+# first used to store the first case, while the workers compute.
+_tasks, _task_channels, _task_labels = Task.__table__, TaskChannel.__table__, TaskLabel.__table__
+_runs, _cases, _case_files = IngestRun.__table__, Case.__table__, CaseFile.__table__
+_findings, _claims = Finding.__table__, CaseClaim.__table__
 
 
 @dataclass
@@ -160,7 +168,7 @@ def _record_layout_error(engine: Engine, task_dir, exc: DatasetLayoutError) -> N
         if task is None:
             return
         session.execute(delete(Finding).where(Finding.task_id == task.id, Finding.case_identifier.is_(None)))
-        _add_finding(session, task.id, None, FindingData(exc.check, str(exc), None, exc.path))
+        _insert_findings(session, task.id, None, [FindingData(exc.check, str(exc), None, exc.path)])
 
 
 def _has_statistics(engine: Engine, task_id: int) -> bool:
@@ -177,38 +185,44 @@ def _sync_task(engine: Engine, layout: TaskLayout, update_root: bool, workers: i
     (task id, run id, whether every case must be re-analysed because the labels changed)."""
     with session_scope(engine) as session:
         dialect.lock_task(session, layout.name)  # other workers may be starting on the same task
-        task = session.scalar(select(Task).where(Task.name == layout.name))
+        task = session.execute(select(_tasks.c.id, _tasks.c.root_path, _tasks.c.dataset_json, _tasks.c.num_channels)
+                               .where(_tasks.c.name == layout.name)).first()
         labels_changed = False
         if task is None:
-            task = Task(name=layout.name, root_path=layout.root, dataset_json=layout.dataset_json_text,
-                        num_channels=len(layout.modalities))
-            session.add(task)
+            task_id = session.execute(insert(_tasks).values(
+                name=layout.name, root_path=layout.root, dataset_json=layout.dataset_json_text,
+                num_channels=len(layout.modalities))).inserted_primary_key[0]
         else:
-            old = ([(c.channel, c.name) for c in task.channels], [(l.value, l.name) for l in task.labels])
-            new = (list(layout.modalities.items()), list(layout.labels.items()))
-            labels_changed = old[0] != new[0] or [v for v, _ in old[1]] != [v for v, _ in new[1]]
-            task.dataset_json = layout.dataset_json_text
-            task.num_channels = len(layout.modalities)
+            task_id = task.id
+            old_channels = [(c, n) for c, n in session.execute(
+                select(_task_channels.c.channel, _task_channels.c.name)
+                .where(_task_channels.c.task_id == task_id).order_by(_task_channels.c.channel))]
+            old_values = list(session.scalars(select(_task_labels.c.value).where(_task_labels.c.task_id == task_id)
+                                              .order_by(_task_labels.c.position)))
+            labels_changed = old_channels != list(layout.modalities.items()) or old_values != list(layout.labels)
+            values = {"dataset_json": layout.dataset_json_text, "num_channels": len(layout.modalities)}
             if update_root:
-                task.root_path = layout.root
-            task.channels.clear()
-            task.labels.clear()
-            session.flush()
-        task.channels.extend(TaskChannel(channel=c, name=n) for c, n in layout.modalities.items())
-        task.labels.extend(TaskLabel(value=v, position=i, name=n) for i, (v, n) in enumerate(layout.labels.items()))
-        session.flush()
-        for stale_run in session.scalars(select(IngestRun).where(IngestRun.task_id == task.id,
-                                                                 IngestRun.status == "running")):
+                values["root_path"] = layout.root
+            if any(getattr(task, k) != v for k, v in values.items()):  # updated_at moves only then
+                session.execute(update(_tasks).where(_tasks.c.id == task_id).values(values))
+            session.execute(delete(_task_channels).where(_task_channels.c.task_id == task_id))
+            session.execute(delete(_task_labels).where(_task_labels.c.task_id == task_id))
+        _insert(session, TaskChannel, [dict(task_id=task_id, channel=c, name=n) for c, n in layout.modalities.items()])
+        _insert(session, TaskLabel, [dict(task_id=task_id, value=v, position=i, name=n)
+                                     for i, (v, n) in enumerate(layout.labels.items())])
+        running = session.execute(select(_runs.c.id, _runs.c.host, _runs.c.pid)
+                                  .where(_runs.c.task_id == task_id, _runs.c.status == "running")).all()
+        for stale_run in running:
             if _worker_is_dead(f"{stale_run.host}:{stale_run.pid}:"):
-                stale_run.status = "killed"  # its finished cases are stored; the rest is redone
-        run = IngestRun(task_id=task.id, catalog_version=__version__, analysis_version=ANALYSIS_VERSION,
-                        host=socket.gethostname(), pid=os.getpid(),
-                        parameters={"task_dir": layout.root, "workers": workers, "force": force})
-        session.add(run)
+                # its finished cases are stored; the rest is redone
+                session.execute(update(_runs).where(_runs.c.id == stale_run.id).values(status="killed"))
+        run_id = session.execute(insert(_runs).values(
+            task_id=task_id, catalog_version=__version__, analysis_version=ANALYSIS_VERSION,
+            host=socket.gethostname(), pid=os.getpid(),
+            parameters={"task_dir": layout.root, "workers": workers, "force": force})).inserted_primary_key[0]
         # Task-level findings describe the folder as it is now: replace them.
-        session.execute(delete(Finding).where(Finding.task_id == task.id, Finding.case_identifier.is_(None)))
-        session.flush()
-        return task.id, run.id, labels_changed
+        session.execute(delete(_findings).where(_findings.c.task_id == task_id, _findings.c.case_identifier.is_(None)))
+        return task_id, run_id, labels_changed
 
 
 def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: bool,
@@ -221,34 +235,49 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
     plan: list[_Planned] = []
     with session_scope(engine) as session:
         dialect.lock_task(session, layout.name)
-        cases = {c.identifier: c for c in session.scalars(select(Case).where(Case.task_id == task_id))}
-        stored_files: dict[int, dict[str, CaseFile]] = {}
-        for f in session.scalars(select(CaseFile).join(Case).where(Case.task_id == task_id)):
+        columns = (_cases.c.id, _cases.c.identifier, _cases.c.status, _cases.c.analysis_version,
+                   _cases.c.ingest_run_id, _cases.c.listed_position, _cases.c.image_paths, _cases.c.label_path)
+        cases = {c.identifier: c for c in session.execute(select(*columns).where(_cases.c.task_id == task_id))}
+        stored_files: dict[int, dict] = {}
+        for f in session.execute(select(_case_files.c.case_id, _case_files.c.path, _case_files.c.size_bytes,
+                                        _case_files.c.mtime_ns, _case_files.c.sha256)
+                                 .join(_cases, _cases.c.id == _case_files.c.case_id).where(_cases.c.task_id == task_id)):
             stored_files.setdefault(f.case_id, {})[f.path] = f
         # Listing findings describe dataset.json as it is now: replace those of the cases they name.
         if listing_errors:
-            session.execute(delete(Finding).where(Finding.task_id == task_id,
-                                                  Finding.case_identifier.in_(list(listing_errors))))
-        for finding in layout.findings:
-            _add_finding(session, task_id, run_id, finding)
+            session.execute(delete(_findings).where(_findings.c.task_id == task_id,
+                                                    _findings.c.case_identifier.in_(list(listing_errors))))
+        _insert_findings(session, task_id, run_id, layout.findings)
 
         listed = sorted(layout.cases, key=lambda c: c.identifier)
+        _insert(session, Case, [dict(task_id=task_id, identifier=files.identifier, status="pending",
+                                     listed_position=files.position, image_paths=list(files.images),
+                                     label_path=files.label)
+                                for files in listed if files.identifier not in cases])
+        moved = []  # listed cases whose listing (or removed status) changed
         for files in listed:
             case = cases.get(files.identifier)
             if case is None:
-                case = cases[files.identifier] = Case(task_id=task_id, identifier=files.identifier, status="pending")
-                session.add(case)
-            case.listed_position = files.position
-            case.image_paths = list(files.images)
-            case.label_path = files.label
-            if case.status == "removed":
-                case.status = "pending" if case.analysis_version is None else "stale"
-        session.flush()  # the new cases get their ids, in one INSERT
+                continue
+            status = case.status
+            if status == "removed":
+                status = "pending" if case.analysis_version is None else "stale"
+            if (case.listed_position, case.image_paths, case.label_path, case.status) != (
+                    files.position, list(files.images), files.label, status):
+                moved.append({"b_id": case.id, "b_position": files.position, "b_images": list(files.images),
+                              "b_label": files.label, "b_status": status})
+        if moved:
+            session.execute(update(_cases).where(_cases.c.id == bindparam("b_id")).values(
+                listed_position=bindparam("b_position"), image_paths=bindparam("b_images"),
+                label_path=bindparam("b_label"), status=bindparam("b_status")), moved)
+        if len(cases) < len(listed):  # new rows: read them back with their ids
+            cases = {c.identifier: c for c in session.execute(select(*columns).where(_cases.c.task_id == task_id))}
         for files in listed:
             case = cases[files.identifier]
             errors = [f for f in listing_errors.get(files.identifier, []) if f.severity == ERROR]
             if errors:
-                _mark_failed(session, case, run_id)
+                session.execute(update(_cases).where(_cases.c.id == case.id).values(
+                    status=_failed_status(case.analysis_version), ingest_run_id=run_id))
                 summary.failed += 1
                 continue
             stats = _stat_all(layout, files)
@@ -265,10 +294,11 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
         # Largest cases first: with several workers the run does not end on one big straggler.
         plan.sort(key=lambda item: -sum(size for size, _ in item.stats.values()))
         listed_identifiers = {files.identifier for files in listed}
-        for identifier, case in cases.items():
-            if identifier not in listed_identifiers and case.status != "removed":
-                case.status = "removed"
-                summary.removed += 1
+        gone = [case.id for identifier, case in cases.items()
+                if identifier not in listed_identifiers and case.status != "removed"]
+        if gone:
+            session.execute(update(_cases).where(_cases.c.id.in_(gone)).values(status="removed"))
+            summary.removed += len(gone)
     return plan
 
 
@@ -282,16 +312,14 @@ def _stat_all(layout: TaskLayout, files: CaseFiles) -> dict[str, tuple[int, int]
     return stats
 
 
-def _add_finding(session, task_id: int, run_id: int, finding: FindingData) -> None:
-    session.add(Finding(task_id=task_id, case_identifier=finding.case, ingest_run_id=run_id,
-                        check=finding.check, severity=finding.severity, path=finding.path,
-                        message=finding.message))
+def _insert_findings(session, task_id: int, run_id: int | None, findings: list[FindingData]) -> None:
+    _insert(session, Finding, [dict(task_id=task_id, case_identifier=f.case, ingest_run_id=run_id, check=f.check,
+                                    severity=f.severity, path=f.path, message=f.message) for f in findings])
 
 
-def _mark_failed(session, case: Case, run_id: int) -> None:
+def _failed_status(analysis_version: int | None) -> str:
     """Errors now: keep rows from an earlier good analysis (stale), else failed."""
-    case.status = "stale" if case.analysis_version is not None else "failed"
-    case.ingest_run_id = run_id
+    return "stale" if analysis_version is not None else "failed"
 
 
 # ---- running and storing ------------------------------------------------------------------------
@@ -414,28 +442,26 @@ class _Runner:
             return [self._claim_one(session, now, item) for item in items]
 
     def _claim_one(self, session, now: float, item: _Planned) -> str:
-        case = session.scalar(dialect.lock_for_claim(select(Case).where(Case.id == item.case_id)))
+        case = session.execute(dialect.lock_for_claim(select(_cases.c.ingest_run_id)
+                                                      .where(_cases.c.id == item.case_id))).first()
         if case is None:
             return "busy"  # row locked by a worker claiming it right now (PostgreSQL)
-        claim = session.get(CaseClaim, item.case_id)
+        claim = session.execute(select(_claims.c.worker, _claims.c.lease_expires_at)
+                                .where(_claims.c.case_id == item.case_id)).first()
         if claim is not None and claim.worker != self.worker and claim.lease_expires_at > now \
                 and not _worker_is_dead(claim.worker):
             return "busy"
-        if self._already_current(session, case, item):
+        if case.ingest_run_id not in (item.seen_run_id, self.run_id):
+            # another worker stored this case since we planned it (it read the same folder)
             if claim is not None and claim.worker == self.worker:
-                session.delete(claim)
+                session.execute(delete(_claims).where(_claims.c.case_id == item.case_id))
             return "done"
+        lease = dict(worker=self.worker, ingest_run_id=self.run_id, claimed_at=now, lease_expires_at=now + self.lease)
         if claim is None:
-            session.add(CaseClaim(case_id=item.case_id, worker=self.worker, ingest_run_id=self.run_id,
-                                  claimed_at=now, lease_expires_at=now + self.lease))
+            session.execute(insert(_claims).values(case_id=item.case_id, **lease))
         else:  # ours already, or an expired lease of a worker that died: take it over
-            claim.worker, claim.ingest_run_id = self.worker, self.run_id
-            claim.claimed_at, claim.lease_expires_at = now, now + self.lease
+            session.execute(update(_claims).where(_claims.c.case_id == item.case_id).values(lease))
         return "claimed"
-
-    def _already_current(self, session, case: Case, item: _Planned) -> bool:
-        """Another worker stored this case since we planned it (it read the same folder)."""
-        return case.ingest_run_id not in (item.seen_run_id, self.run_id)
 
     def _renew(self) -> None:
         if not self.in_flight:
@@ -477,10 +503,9 @@ class _Runner:
             case = session.get(Case, item.case_id)
             session.execute(delete(Finding).where(Finding.task_id == case.task_id,
                                                   Finding.case_identifier == case.identifier))
-            for finding in outcome.findings:
-                _add_finding(session, case.task_id, self.run_id, finding)
+            _insert_findings(session, case.task_id, self.run_id, outcome.findings)
             if outcome.failed:
-                _mark_failed(session, case, self.run_id)
+                case.status, case.ingest_run_id = _failed_status(case.analysis_version), self.run_id
                 summary.failed += 1
                 counter = "n_failed"
             elif outcome.unchanged:
