@@ -250,10 +250,10 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
         _insert_findings(session, task_id, run_id, layout.findings)
 
         listed = sorted(layout.cases, key=lambda c: c.identifier)
-        _insert(session, Case, [dict(task_id=task_id, identifier=files.identifier, status="pending",
-                                     listed_position=files.position, image_paths=list(files.images),
-                                     label_path=files.label)
-                                for files in listed if files.identifier not in cases])
+        new_cases = [dict(task_id=task_id, identifier=files.identifier, status="pending",
+                          listed_position=files.position, image_paths=list(files.images), label_path=files.label)
+                     for files in listed if files.identifier not in cases]
+        _insert(session, Case, new_cases)
         moved = []  # listed cases whose listing (or removed status) changed
         for files in listed:
             case = cases.get(files.identifier)
@@ -270,7 +270,7 @@ def _plan(engine: Engine, layout: TaskLayout, task_id: int, run_id: int, force: 
             session.execute(update(_cases).where(_cases.c.id == bindparam("b_id")).values(
                 listed_position=bindparam("b_position"), image_paths=bindparam("b_images"),
                 label_path=bindparam("b_label"), status=bindparam("b_status")), moved)
-        if len(cases) < len(listed):  # new rows: read them back with their ids
+        if new_cases:  # read them back with their ids
             cases = {c.identifier: c for c in session.execute(select(*columns).where(_cases.c.task_id == task_id))}
         for files in listed:
             case = cases[files.identifier]

@@ -176,6 +176,25 @@ def test_change_touch_add_remove(engine, ct_task):
     assert back.changed == 1 and statuses(engine)["ct_003"] == "ok"
 
 
+def test_cases_removed_and_added_in_one_ingest(engine, ct_task):
+    """More rows than listed cases (two unlisted) while a new case comes: its row is created,
+    read back with its id and analysed."""
+    import shutil
+
+    n = ingest_task(engine, ct_task, workers=1).cases_listed
+    dataset = json.loads((ct_task / "dataset.json").read_text())
+    dataset["training"] = [t for t in dataset["training"] if "ct_002" not in t["image"] and "ct_003" not in t["image"]]
+    shutil.copy(ct_task / "imagesTr" / "ct_001_0000.nii.gz", ct_task / "imagesTr" / "ct_099_0000.nii.gz")
+    shutil.copy(ct_task / "labelsTr" / "ct_001.nii.gz", ct_task / "labelsTr" / "ct_099.nii.gz")
+    dataset["training"].append({"image": "./imagesTr/ct_099.nii.gz", "label": "./labelsTr/ct_099.nii.gz"})
+    (ct_task / "dataset.json").write_text(json.dumps(dataset))
+    summary = ingest_task(engine, ct_task, workers=2)
+    assert (summary.removed, summary.new, summary.unchanged, summary.failed) == (2, 1, n - 2, 0)
+    status = statuses(engine)
+    assert (status["ct_002"], status["ct_003"], status["ct_099"]) == ("removed", "removed", "ok")
+    assert counts(engine)["cases"] == n + 1
+
+
 def test_analysis_version_bump_reanalyses_old_cases(engine, ct_task, monkeypatch):
     n = ingest_task(engine, ct_task, workers=1).cases_listed
     with Session(engine) as s, s.begin():  # one case already at the newer version
