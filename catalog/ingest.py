@@ -39,9 +39,9 @@ from .properties import refresh_channel_statistics, stats_columns
 DEFAULT_LEASE_SECONDS = 120.0
 
 # A run's start (task rows, plan, first claims) is written with Core statements on the tables:
-# the ORM's first use in a process configures every mapper (10-40 ms on the benchmark VMs) and
-# compiles heavier statements, and the workers would wait for it. With Core here, the ORM is
-# first used to store the first case, while the workers compute.
+# the ORM's first use in a process configures every mapper (7-43 ms on the last two benchmark
+# VMs) and compiles heavier statements, and the workers would wait for it. With Core here, the
+# ORM is first used to store the first case, while the workers compute.
 _tasks, _task_channels, _task_labels = Task.__table__, TaskChannel.__table__, TaskLabel.__table__
 _runs, _cases, _case_files = IngestRun.__table__, Case.__table__, CaseFile.__table__
 _findings, _claims = Finding.__table__, CaseClaim.__table__
