@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -179,8 +180,6 @@ def test_change_touch_add_remove(engine, ct_task):
 def test_cases_removed_and_added_in_one_ingest(engine, ct_task):
     """More rows than listed cases (two unlisted) while a new case comes: its row is created,
     read back with its id and analysed."""
-    import shutil
-
     n = ingest_task(engine, ct_task, workers=1).cases_listed
     dataset = json.loads((ct_task / "dataset.json").read_text())
     dataset["training"] = [t for t in dataset["training"] if "ct_002" not in t["image"] and "ct_003" not in t["image"]]
