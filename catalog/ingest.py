@@ -33,7 +33,7 @@ from .models import (
     TaskChannel, TaskLabel, utcnow,
 )
 from .memory import freed_memory_kept
-from .pool import objects_frozen, process_pool
+from .pool import let_workers_finish, objects_frozen, process_pool
 from .properties import refresh_channel_statistics, stats_columns
 
 DEFAULT_LEASE_SECONDS = 120.0
@@ -149,6 +149,7 @@ def _ingest(engine, task_dir, workers, force, update_root, max_image_bytes, leas
         runner.run(plan)
         if summary.new or summary.changed or summary.removed or force or force_all or not _has_statistics(engine, task_id):
             refresh_channel_statistics(engine, layout.name)
+        runner.wait_for_workers()  # only now: they exit while the statistics are computed
     except KeyboardInterrupt:
         summary.interrupted = True
         runner.abandon()
@@ -336,6 +337,7 @@ class _Runner:
         self.class_values = tuple(layout.class_values)
         self.in_flight: dict[cf.Future, _Planned] = {}
         self.pool: cf.ProcessPoolExecutor | None = None
+        self.wait_for_workers: Callable[[], None] = lambda: None  # until they are told to finish
 
     def run(self, plan: list[_Planned]) -> None:
         self.progress = Progress(total=len(plan))
@@ -365,7 +367,7 @@ class _Runner:
                 waiting[:0] = skipped
                 if not waiting and self.pool is not None and not ending:
                     # every case submitted: workers exit after their last one, while we store it
-                    self.pool.shutdown(wait=False)
+                    self.wait_for_workers = let_workers_finish(self.pool)
                     ending = True
                 if time.monotonic() - last_renewal >= self.lease / 4:
                     t0 = time.perf_counter()

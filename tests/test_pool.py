@@ -57,6 +57,34 @@ def test_forked_and_forkserver_workers_give_the_same_catalog(sqlite_url, tmp_pat
     assert len(_catalog(single)) > 5
 
 
+def _slow_exit_worker() -> None:
+    """The pool's worker set-up, plus half a second spent leaving (run in the worker)."""
+    import time
+    from multiprocessing import util
+
+    original_start_worker()
+    util.Finalize(None, time.sleep, args=(0.5,), exitpriority=0)
+
+
+original_start_worker = pool._start_worker
+
+
+def test_ingest_returns_once_its_workers_have_exited(sqlite_url, ct_task, monkeypatch):
+    """Workers told to finish early (while the last cases are stored) are still waited for:
+    ingest_task returns with none of its worker processes alive, even when they are slow to exit."""
+    import multiprocessing
+
+    from catalog.db import make_engine
+
+    if pool.start_method() != "fork":
+        pytest.skip("the slow exit is set up in the parent, which only forked workers inherit")
+    monkeypatch.setattr(pool, "_start_worker", _slow_exit_worker)
+    children_before = set(multiprocessing.active_children())
+    summary = ingest_task(make_engine(sqlite_url), ct_task, workers=2)
+    assert summary.new == 8 and summary.failed == 0
+    assert set(multiprocessing.active_children()) == children_before
+
+
 def test_objects_frozen_nests_and_still_collects_new_garbage():
     import gc
     import weakref
