@@ -75,6 +75,13 @@ def _cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
+def _system_seconds() -> float:
+    """System (kernel) seconds of this process and its reaped child processes: page faults,
+    file reads, process start and exit."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_stime + children.ru_stime
+
+
 def _read_one(path: str) -> tuple[float, int]:
     import SimpleITK as sitk
 
@@ -116,6 +123,7 @@ def stage_ingest(p: dict) -> dict:
         profiler = cProfile.Profile()
         profiler.enable()
     self_cpu0, workers_cpu0 = _cpu_seconds()
+    system0 = _system_seconds()
     t0 = time.perf_counter()
     summary = ingest_task(engine, p["task_dir"], workers=p["workers"], force=p.get("force", False))
     seconds = time.perf_counter() - t0
@@ -127,6 +135,7 @@ def stage_ingest(p: dict) -> dict:
     _stop_forkserver()
     # forked workers are reaped when the pool ends; a forkserver's, with the forkserver just now
     workers_cpu = _cpu_seconds()[1] - workers_cpu0
+    system = _system_seconds() - system0
     self_rss, children = _maxrss()
     return {"seconds": seconds, "summary_seconds": summary.seconds, "engine_seconds": engine_seconds,
             "case_seconds": list(summary.case_seconds), "read_seconds": list(summary.read_seconds),
@@ -135,7 +144,8 @@ def stage_ingest(p: dict) -> dict:
             "elsewhere": summary.elsewhere, "errors": summary.errors,
             "findings": [f"{f.check}: {f.message}" for f in summary.findings if f.severity == "error"][:5],
             "baseline_rss": baseline, "self_maxrss": self_rss, "children_maxrss": children,
-            "self_cpu_seconds": self_cpu, "workers_cpu_seconds": workers_cpu, "pid": os.getpid()}
+            "self_cpu_seconds": self_cpu, "workers_cpu_seconds": workers_cpu, "system_cpu_seconds": system,
+            "pid": os.getpid()}
 
 
 def stage_export(p: dict) -> dict:

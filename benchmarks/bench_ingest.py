@@ -169,6 +169,7 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
                         m.setdefault("ingest_pairs", []).append(value["seconds"])
                         m.setdefault("ingest_pair_cpu", []).append(value["self_cpu_seconds"]
                                                                    + value["workers_cpu_seconds"])
+                        m.setdefault("ingest_pair_system", []).append(value["system_cpu_seconds"])
                         if pair > 0:
                             continue  # the rounds' figures take each round's first pair
                     m.setdefault("rounds", []).append((step, value["seconds"]))
@@ -246,6 +247,11 @@ def bench_task(kind: str, task: Path, args, work: Path, workers: list[int], tabl
         table.info("    extra CPU with 2 workers (info)",
                    f"{statistics.median(extra):+.0%} of the 1-worker ingest's CPU (median of the pairs; "
                    f"{min(extra):+.0%} to {max(extra):+.0%})")
+        # kernel time: each worker faults in its own memory (first case), reads its files
+        system_1, system_2 = (statistics.median(m["ingest_pair_system"]) for m in (one, two))
+        table.info("    of which system time (info)",
+                   f"{system_2 - system_1:+.2f} s (medians of the pairs: {system_1:.2f} s with 1 worker, "
+                   f"{system_2:.2f} s with 2)")
         table.info("    CPUs idle in the 2-worker ingest (info)",
                    f"{statistics.median(idle):.2f} s of 2 x its wall (median of the pairs; "
                    f"{min(idle):.2f}-{max(idle):.2f} s)")
