@@ -2,8 +2,11 @@
 give the same catalog."""
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.util
 import sys
 import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -57,23 +60,18 @@ def test_forked_and_forkserver_workers_give_the_same_catalog(sqlite_url, tmp_pat
     assert len(_catalog(single)) > 5
 
 
+original_start_worker = pool._start_worker
+
+
 def _slow_exit_worker() -> None:
     """The pool's worker set-up, plus half a second spent leaving (run in the worker)."""
-    import time
-    from multiprocessing import util
-
     original_start_worker()
-    util.Finalize(None, time.sleep, args=(0.5,), exitpriority=0)
-
-
-original_start_worker = pool._start_worker
+    multiprocessing.util.Finalize(None, time.sleep, args=(0.5,), exitpriority=0)
 
 
 def test_ingest_returns_once_its_workers_have_exited(sqlite_url, ct_task, monkeypatch):
     """Workers told to finish early (while the last cases are stored) are still waited for:
     ingest_task returns with none of its worker processes alive, even when they are slow to exit."""
-    import multiprocessing
-
     from catalog.db import make_engine
 
     if pool.start_method() != "fork":
