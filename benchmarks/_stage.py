@@ -69,17 +69,11 @@ def _maxrss() -> tuple[int, int | None]:
     return _peak_rss_self(), (children or None)
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """(user + system seconds of this process, the same of its reaped child processes)."""
+def _cpu_seconds() -> tuple[float, float, float]:
+    """(user + system seconds of this process, the same of its reaped child processes, the system
+    seconds of both: page faults, file reads, process start and exit)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
-
-
-def _system_seconds() -> float:
-    """System (kernel) seconds of this process and its reaped child processes: page faults,
-    file reads, process start and exit."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_stime + children.ru_stime
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime, own.ru_stime + children.ru_stime
 
 
 def _read_one(path: str) -> tuple[float, int]:
@@ -122,8 +116,7 @@ def stage_ingest(p: dict) -> dict:
 
         profiler = cProfile.Profile()
         profiler.enable()
-    self_cpu0, workers_cpu0 = _cpu_seconds()
-    system0 = _system_seconds()
+    self_cpu0, workers_cpu0, system0 = _cpu_seconds()
     t0 = time.perf_counter()
     summary = ingest_task(engine, p["task_dir"], workers=p["workers"], force=p.get("force", False))
     seconds = time.perf_counter() - t0
@@ -134,8 +127,8 @@ def stage_ingest(p: dict) -> dict:
     engine.dispose()
     _stop_forkserver()
     # forked workers are reaped when the pool ends; a forkserver's, with the forkserver just now
-    workers_cpu = _cpu_seconds()[1] - workers_cpu0
-    system = _system_seconds() - system0
+    _, workers_cpu, system = _cpu_seconds()
+    workers_cpu, system = workers_cpu - workers_cpu0, system - system0
     self_rss, children = _maxrss()
     return {"seconds": seconds, "summary_seconds": summary.seconds, "engine_seconds": engine_seconds,
             "case_seconds": list(summary.case_seconds), "read_seconds": list(summary.read_seconds),
